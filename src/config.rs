@@ -1,0 +1,564 @@
+//! The one typed configuration of a sealpost process.
+//!
+//! Every field has a default in code and an environment variable (`SEALPOST_…`); secrets can also be read
+//! from a file named by `…_FILE`. An optional TOML file (`SEALPOST_CONFIG` or `--config`) may set the same
+//! fields by their snake_case names, but the environment always wins, and every field the environment takes
+//! away from the file is reported at start-up, so a file never silently overrides (or is silently overridden).
+//! `docs/configuration.md` lists every field; a test keeps that page and [`Config::fields`] in step.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Error while assembling the configuration; names the field and the source so operators can fix it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// Where a field's effective value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    File,
+    Env,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Source::Default => "default",
+            Source::File => "file",
+            Source::Env => "env",
+        })
+    }
+}
+
+/// Parsing and printing of one configuration value, shared by the environment and the file.
+pub trait ConfigValue: Sized {
+    fn parse_value(raw: &str) -> Result<Self, String>;
+    fn render(&self) -> String;
+}
+
+macro_rules! from_str_value {
+    ($($t:ty),*) => {$(
+        impl ConfigValue for $t {
+            fn parse_value(raw: &str) -> Result<Self, String> {
+                raw.trim().parse::<$t>().map_err(|e| e.to_string())
+            }
+            fn render(&self) -> String {
+                self.to_string()
+            }
+        }
+    )*};
+}
+from_str_value!(SocketAddr, u16, u32, u64, usize, bool);
+
+impl ConfigValue for String {
+    fn parse_value(raw: &str) -> Result<Self, String> {
+        Ok(raw.to_owned())
+    }
+    fn render(&self) -> String {
+        self.clone()
+    }
+}
+
+impl ConfigValue for PathBuf {
+    fn parse_value(raw: &str) -> Result<Self, String> {
+        if raw.is_empty() {
+            return Err("empty path".into());
+        }
+        Ok(PathBuf::from(raw))
+    }
+    fn render(&self) -> String {
+        self.display().to_string()
+    }
+}
+
+/// An unset optional field is written as the empty string in the environment.
+impl<T: ConfigValue> ConfigValue for Option<T> {
+    fn parse_value(raw: &str) -> Result<Self, String> {
+        if raw.trim().is_empty() { Ok(None) } else { T::parse_value(raw).map(Some) }
+    }
+    fn render(&self) -> String {
+        self.as_ref().map(ConfigValue::render).unwrap_or_default()
+    }
+}
+
+/// Who may create an account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegistrationPolicy {
+    /// Anyone who can reach the server (rate limited per client IP).
+    Open,
+    /// Only holders of a single-use code from `sealpost invite create`.
+    Invite,
+    /// Anyone, but the account is refused (`pending_approval`) until `sealpost approve <aci>`.
+    Approval,
+}
+
+impl ConfigValue for RegistrationPolicy {
+    fn parse_value(raw: &str) -> Result<Self, String> {
+        match raw.trim() {
+            "open" => Ok(Self::Open),
+            "invite" => Ok(Self::Invite),
+            "approval" => Ok(Self::Approval),
+            other => Err(format!("unknown policy {other:?} (expected open, invite or approval)")),
+        }
+    }
+    fn render(&self) -> String {
+        match self {
+            Self::Open => "open",
+            Self::Invite => "invite",
+            Self::Approval => "approval",
+        }
+        .into()
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl ConfigValue for LogFormat {
+    fn parse_value(raw: &str) -> Result<Self, String> {
+        match raw.trim() {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(format!("unknown log format {other:?} (expected text or json)")),
+        }
+    }
+    fn render(&self) -> String {
+        match self {
+            Self::Text => "text",
+            Self::Json => "json",
+        }
+        .into()
+    }
+}
+
+/// A token-bucket limit written `COUNT/PERIOD`, e.g. `20/1h`: at most COUNT requests in a burst, refilled
+/// evenly over PERIOD (suffix `s`, `m`, `h` or `d`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub burst: u32,
+    pub period: Duration,
+}
+
+impl RateLimit {
+    /// Tokens regained per second.
+    pub fn refill_per_second(&self) -> f64 {
+        f64::from(self.burst) / self.period.as_secs_f64()
+    }
+}
+
+impl ConfigValue for RateLimit {
+    fn parse_value(raw: &str) -> Result<Self, String> {
+        let bad = || format!("{raw:?} is not COUNT/PERIOD like 20/1h");
+        let (count, period) = raw.trim().split_once('/').ok_or_else(bad)?;
+        let burst: u32 = count.trim().parse().map_err(|_| bad())?;
+        let period = period.trim();
+        let (digits, unit) = period.split_at(period.len().saturating_sub(1));
+        let n: u64 = if digits.is_empty() { 1 } else { digits.parse().map_err(|_| bad())? };
+        let secs = match unit {
+            "s" => n,
+            "m" => n * 60,
+            "h" => n * 3600,
+            "d" => n * 86_400,
+            _ => return Err(bad()),
+        };
+        if burst == 0 || secs == 0 {
+            return Err(format!("{raw:?}: count and period must be positive"));
+        }
+        Ok(Self { burst, period: Duration::from_secs(secs) })
+    }
+    fn render(&self) -> String {
+        let secs = self.period.as_secs();
+        let (n, unit) = if secs % 86_400 == 0 {
+            (secs / 86_400, "d")
+        } else if secs % 3600 == 0 {
+            (secs / 3600, "h")
+        } else if secs % 60 == 0 {
+            (secs / 60, "m")
+        } else {
+            (secs, "s")
+        };
+        format!("{}/{n}{unit}", self.burst)
+    }
+}
+
+/// Static description of one field, for `sealpost config`, the docs check and error messages.
+#[derive(Debug, Clone)]
+pub struct FieldInfo {
+    pub name: &'static str,
+    pub env: &'static str,
+    pub default: String,
+    pub doc: &'static str,
+    pub secret: bool,
+}
+
+macro_rules! config_struct {
+    ($( #[doc = $doc:literal] $field:ident : $ty:ty = $default:expr, $env:literal, $secret:literal; )*) => {
+        /// The effective configuration. Build it with [`Config::load`] (environment + optional file) or
+        /// start from [`Config::default`] in tests.
+        #[derive(Debug, Clone)]
+        pub struct Config {
+            $( #[doc = $doc] pub $field: $ty, )*
+        }
+
+        impl Default for Config {
+            fn default() -> Self {
+                Self { $( $field: <$ty as ConfigValue>::parse_value($default)
+                    .expect(concat!("default of ", stringify!($field), " parses (checked by a unit test)")), )* }
+            }
+        }
+
+        impl Config {
+            /// Every field with its environment variable, default and description.
+            pub fn fields() -> Vec<FieldInfo> {
+                vec![$( FieldInfo {
+                    name: stringify!($field),
+                    env: $env,
+                    default: $default.to_string(),
+                    doc: $doc.trim(),
+                    secret: $secret,
+                }, )*]
+            }
+
+            /// Sets one field from its textual form.
+            pub fn set(&mut self, name: &str, raw: &str) -> Result<(), String> {
+                match name {
+                    $( stringify!($field) => { self.$field = <$ty as ConfigValue>::parse_value(raw)?; Ok(()) } )*
+                    other => Err(format!("unknown configuration field {other:?}")),
+                }
+            }
+
+            /// The textual form of one field's effective value (unmasked).
+            pub fn get(&self, name: &str) -> Option<String> {
+                match name {
+                    $( stringify!($field) => Some(ConfigValue::render(&self.$field)), )*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+config_struct! {
+    /// Address the HTTP and WebSocket API listens on.
+    listen: SocketAddr = "127.0.0.1:8080", "SEALPOST_LISTEN", false;
+    /// Address of the Prometheus `/metrics` listener (kept apart from the public API).
+    metrics_listen: SocketAddr = "127.0.0.1:9464", "SEALPOST_METRICS_LISTEN", false;
+    /// Directory for the SQLite database (embedded mode) and the server key files.
+    data_dir: PathBuf = "./data", "SEALPOST_DATA_DIR", false;
+    /// Durable store: `sqlite://PATH` or `postgres://…`. Empty means `sqlite://<data_dir>/sealpost.db`.
+    database_url: Option<String> = "", "SEALPOST_DATABASE_URL", true;
+    /// Postgres schema to use (created if missing). Empty means the server's default search path.
+    database_schema: Option<String> = "", "SEALPOST_DATABASE_SCHEMA", false;
+    /// Maximum connections in the database pool.
+    database_max_connections: u32 = "16", "SEALPOST_DATABASE_MAX_CONNECTIONS", false;
+    /// Ephemeral store for scale-out: `redis://…` or `redis-cluster://host:port?node=host:port…`. Required with Postgres.
+    redis_url: Option<String> = "", "SEALPOST_REDIS_URL", true;
+    /// Prefix of every Redis key, so several deployments (or tests) can share one Redis.
+    redis_key_prefix: String = "sealpost:", "SEALPOST_REDIS_KEY_PREFIX", false;
+    /// Who may register: `open`, `invite` or `approval`.
+    registration_policy: RegistrationPolicy = "open", "SEALPOST_REGISTRATION_POLICY", false;
+    /// Lifetime of a code from `sealpost invite create`, in seconds.
+    invite_ttl_seconds: u64 = "604800", "SEALPOST_INVITE_TTL_SECONDS", false;
+    /// Lifetime of a device access token (JWT), in seconds.
+    token_ttl_seconds: u64 = "900", "SEALPOST_TOKEN_TTL_SECONDS", false;
+    /// Devices per account, the primary included.
+    max_devices: u32 = "6", "SEALPOST_MAX_DEVICES", false;
+    /// Largest accepted request body, in bytes (413 `payload_too_large` above it).
+    max_request_bytes: usize = "1048576", "SEALPOST_MAX_REQUEST_BYTES", false;
+    /// One-time prekeys of one kind accepted in a single `PUT /v1/keys`.
+    max_keys_per_upload: usize = "100", "SEALPOST_MAX_KEYS_PER_UPLOAD", false;
+    /// Header holding the client address when sealpost runs behind a trusted proxy (e.g. `x-forwarded-for`; the first address is used). Empty means the TCP peer address.
+    trusted_proxy_header: Option<String> = "", "SEALPOST_TRUSTED_PROXY_HEADER", false;
+    /// Registrations per client IP.
+    limit_registration_per_ip: RateLimit = "20/1h", "SEALPOST_LIMIT_REGISTRATION_PER_IP", false;
+    /// Token requests per client IP.
+    limit_auth_per_ip: RateLimit = "300/1m", "SEALPOST_LIMIT_AUTH_PER_IP", false;
+    /// Prekey bundle fetches per requester (device, or client IP for access-key requests).
+    limit_prekey_fetch_per_requester: RateLimit = "300/1m", "SEALPOST_LIMIT_PREKEY_FETCH_PER_REQUESTER", false;
+    /// Prekey bundle fetches per target account (against one-time-prekey exhaustion).
+    limit_prekey_fetch_per_target: RateLimit = "600/1h", "SEALPOST_LIMIT_PREKEY_FETCH_PER_TARGET", false;
+    /// JWT signing key (Ed25519, PKCS#8 PEM). Empty means `<data_dir>/jwt_ed25519.pem`.
+    jwt_key_file: Option<PathBuf> = "", "SEALPOST_JWT_KEY_FILE", false;
+    /// Sealed-sender trust root private key (Curve25519). Empty means `<data_dir>/trust_root.key`.
+    trust_root_key_file: Option<PathBuf> = "", "SEALPOST_TRUST_ROOT_KEY_FILE", false;
+    /// Sealed-sender server certificate private key (Curve25519). Empty means `<data_dir>/server_cert.key`.
+    server_cert_key_file: Option<PathBuf> = "", "SEALPOST_SERVER_CERT_KEY_FILE", false;
+    /// Web Push VAPID key (P-256, PKCS#8 PEM). Empty means `<data_dir>/vapid_p256.pem`.
+    vapid_key_file: Option<PathBuf> = "", "SEALPOST_VAPID_KEY_FILE", false;
+    /// Shared secret for coturn's REST credentials. Empty means `<data_dir>/turn_secret`.
+    turn_secret_file: Option<PathBuf> = "", "SEALPOST_TURN_SECRET_FILE", false;
+    /// Key for pseudonymising rate-limit bucket names (so no IP or id is kept in a bucket). Empty means `<data_dir>/pseudonym.key`.
+    pseudonym_key_file: Option<PathBuf> = "", "SEALPOST_PSEUDONYM_KEY_FILE", false;
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `sealpost=debug`.
+    log_filter: String = "info", "SEALPOST_LOG", false;
+    /// Log line format: `text` or `json`.
+    log_format: LogFormat = "text", "SEALPOST_LOG_FORMAT", false;
+    /// Seconds that graceful shutdown waits for open requests and sockets.
+    shutdown_grace_seconds: u64 = "10", "SEALPOST_SHUTDOWN_GRACE_SECONDS", false;
+}
+
+/// The configuration together with where each value came from and the warnings collected on the way.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub sources: BTreeMap<&'static str, Source>,
+    pub warnings: Vec<String>,
+}
+
+impl Config {
+    /// Defaults, then the optional file, then the environment (`vars`), which wins.
+    pub fn load(
+        file: Option<&Path>,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Loaded, ConfigError> {
+        let vars: BTreeMap<String, String> = vars.into_iter().collect();
+        let mut config = Config::default();
+        let mut sources: BTreeMap<&'static str, Source> =
+            Config::fields().iter().map(|f| (f.name, Source::Default)).collect();
+        let mut warnings = Vec::new();
+
+        let file = file.map(Path::to_path_buf).or_else(|| vars.get("SEALPOST_CONFIG").map(PathBuf::from));
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+            let table: toml::Table = text
+                .parse()
+                .map_err(|e| ConfigError(format!("config file {} is not valid TOML: {e}", path.display())))?;
+            for (key, value) in table {
+                let field = Config::fields()
+                    .into_iter()
+                    .find(|f| f.name == key)
+                    .ok_or_else(|| ConfigError(format!("config file {}: unknown field {key:?}", path.display())))?;
+                let raw = match value {
+                    toml::Value::String(s) => s,
+                    toml::Value::Integer(i) => i.to_string(),
+                    toml::Value::Boolean(b) => b.to_string(),
+                    other => {
+                        return Err(ConfigError(format!("config file: field {key:?} has an unsupported value type ({})", other.type_str())));
+                    }
+                };
+                config
+                    .set(field.name, &raw)
+                    .map_err(|e| ConfigError(format!("config file: field {key}: {e}")))?;
+                sources.insert(field.name, Source::File);
+            }
+        }
+
+        for field in Config::fields() {
+            let file_var = format!("{}_FILE", field.env);
+            let from_env = match (vars.get(field.env), field.secret.then(|| vars.get(&file_var)).flatten()) {
+                (Some(_), Some(_)) => {
+                    return Err(ConfigError(format!("both {} and {file_var} are set; set only one", field.env)));
+                }
+                (Some(value), None) => Some(value.clone()),
+                (None, Some(path)) => Some(
+                    std::fs::read_to_string(path)
+                        .map_err(|e| ConfigError(format!("{file_var}: cannot read {path}: {e}")))?
+                        .trim_end_matches(['\r', '\n'])
+                        .to_owned(),
+                ),
+                (None, None) => None,
+            };
+            if let Some(raw) = from_env {
+                if sources.get(field.name) == Some(&Source::File) {
+                    warnings.push(format!("{} from the environment overrides `{}` in the config file", field.env, field.name));
+                }
+                config.set(field.name, &raw).map_err(|e| ConfigError(format!("{}: {e}", field.env)))?;
+                sources.insert(field.name, Source::Env);
+            }
+        }
+        config.validate()?;
+        Ok(Loaded { config, sources, warnings })
+    }
+
+    /// Cross-field checks that a single field's parser cannot make.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match self.backend() {
+            Backend::ScaleOut { .. } => {}
+            Backend::Embedded { .. } if self.redis_url.is_some() => {
+                return Err(ConfigError(
+                    "SEALPOST_REDIS_URL is set but SEALPOST_DATABASE_URL is not postgres://; scale-out needs both".into(),
+                ));
+            }
+            Backend::Embedded { .. } => {}
+            Backend::Invalid(reason) => return Err(ConfigError(reason)),
+        }
+        if let Some(schema) = &self.database_schema
+            && (schema.is_empty()
+                || schema.len() > 63
+                || !schema.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'))
+        {
+            return Err(ConfigError("SEALPOST_DATABASE_SCHEMA must be 1-63 characters of a-z, 0-9 and _".into()));
+        }
+        if self.max_devices == 0 || self.max_devices > 127 {
+            return Err(ConfigError("SEALPOST_MAX_DEVICES must be 1..=127".into()));
+        }
+        if self.token_ttl_seconds == 0 {
+            return Err(ConfigError("SEALPOST_TOKEN_TTL_SECONDS must be positive".into()));
+        }
+        Ok(())
+    }
+
+    /// Which storage backend the URLs select.
+    pub fn backend(&self) -> Backend {
+        let db = self
+            .database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("sealpost.db").display()));
+        if db.starts_with("sqlite:") {
+            Backend::Embedded { database_url: db }
+        } else if db.starts_with("postgres://") || db.starts_with("postgresql://") {
+            match &self.redis_url {
+                Some(redis) if redis.starts_with("redis://")
+                    || redis.starts_with("rediss://")
+                    || redis.starts_with("redis-cluster://") =>
+                {
+                    Backend::ScaleOut { database_url: db, redis_url: redis.clone() }
+                }
+                Some(_) => Backend::Invalid("SEALPOST_REDIS_URL must start with redis:// or redis-cluster://".into()),
+                None => Backend::Invalid("SEALPOST_DATABASE_URL is postgres:// but SEALPOST_REDIS_URL is not set".into()),
+            }
+        } else {
+            Backend::Invalid("SEALPOST_DATABASE_URL must start with sqlite: or postgres://".into())
+        }
+    }
+
+    /// Path of a key file: the configured one or its default name in the data directory.
+    pub fn key_path(&self, configured: &Option<PathBuf>, default_name: &str) -> PathBuf {
+        configured.clone().unwrap_or_else(|| self.data_dir.join(default_name))
+    }
+
+    /// `name = value  # source` lines with secrets (and passwords inside URLs) masked.
+    pub fn describe(&self, sources: &BTreeMap<&'static str, Source>) -> String {
+        let mut out = String::new();
+        for field in Config::fields() {
+            let value = self.get(field.name).unwrap_or_default();
+            let shown = if field.secret && !value.is_empty() { mask_secret(&value) } else { value };
+            let source = sources.get(field.name).copied().unwrap_or(Source::Default);
+            out.push_str(&format!("{} = {:?}  # {}, {}\n", field.name, shown, field.env, source));
+        }
+        out
+    }
+}
+
+/// Masks a secret value; a URL keeps its scheme and host so operators can still see where it points.
+fn mask_secret(value: &str) -> String {
+    if let Some((scheme, rest)) = value.split_once("://") {
+        let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+        let host = host.split(['/', '?']).next().unwrap_or_default();
+        format!("{scheme}://****@{host}/****")
+    } else {
+        "****".into()
+    }
+}
+
+/// The storage deployment chosen by the URLs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    Embedded { database_url: String },
+    ScaleOut { database_url: String, redis_url: String },
+    Invalid(String),
+}
+
+impl FromStr for RegistrationPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::parse_value(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_parse_and_match_the_documented_values() {
+        let config = Config::default();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.metrics_listen.to_string(), "127.0.0.1:9464");
+        assert_eq!(config.data_dir, PathBuf::from("./data"));
+        assert_eq!(config.registration_policy, RegistrationPolicy::Open);
+        assert_eq!(config.backend(), Backend::Embedded { database_url: "sqlite://./data/sealpost.db".into() });
+    }
+
+    #[test]
+    fn environment_wins_over_file_and_says_so() {
+        let dir = std::env::temp_dir().join(format!("sealpost-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("sealpost.toml");
+        std::fs::write(&file, "max_devices = 3\nregistration_policy = \"invite\"\n").unwrap();
+        let loaded = Config::load(Some(&file), env(&[("SEALPOST_MAX_DEVICES", "4")])).unwrap();
+        assert_eq!(loaded.config.max_devices, 4);
+        assert_eq!(loaded.config.registration_policy, RegistrationPolicy::Invite);
+        assert_eq!(loaded.sources["max_devices"], Source::Env);
+        assert_eq!(loaded.sources["registration_policy"], Source::File);
+        assert_eq!(loaded.warnings.len(), 1);
+        assert!(loaded.warnings[0].contains("SEALPOST_MAX_DEVICES"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn secrets_come_from_files_and_are_masked() {
+        let dir = std::env::temp_dir().join(format!("sealpost-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = dir.join("db");
+        std::fs::write(&secret, "postgres://u:hunter2@db.example:5432/x\n").unwrap();
+        let loaded = Config::load(
+            None,
+            env(&[
+                ("SEALPOST_DATABASE_URL_FILE", secret.to_str().unwrap()),
+                ("SEALPOST_REDIS_URL", "redis://:pw@cache:6379"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(loaded.config.database_url.as_deref(), Some("postgres://u:hunter2@db.example:5432/x"));
+        let described = loaded.config.describe(&loaded.sources);
+        assert!(!described.contains("hunter2"), "{described}");
+        assert!(!described.contains(":pw@"), "{described}");
+        assert!(described.contains("db.example:5432"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let err = Config::load(None, env(&[("SEALPOST_REGISTRATION_POLICY", "everyone")])).unwrap_err();
+        assert!(err.0.contains("SEALPOST_REGISTRATION_POLICY"), "{err}");
+        let err = Config::load(None, env(&[("SEALPOST_DATABASE_URL", "postgres://x/y")])).unwrap_err();
+        assert!(err.0.contains("SEALPOST_REDIS_URL"), "{err}");
+        let err = Config::load(None, env(&[("SEALPOST_LIMIT_AUTH_PER_IP", "10 per minute")])).unwrap_err();
+        assert!(err.0.contains("SEALPOST_LIMIT_AUTH_PER_IP"), "{err}");
+    }
+
+    #[test]
+    fn rate_limits_round_trip() {
+        for text in ["20/1h", "300/1m", "5/30s", "1/2d"] {
+            assert_eq!(RateLimit::parse_value(text).unwrap().render(), text);
+        }
+        assert_eq!(RateLimit::parse_value("10/m").unwrap().period, Duration::from_secs(60));
+        assert!(RateLimit::parse_value("0/1m").is_err());
+        assert!(RateLimit::parse_value("10/1y").is_err());
+    }
+
+    #[test]
+    fn every_field_is_documented() {
+        let docs = include_str!("../docs/configuration.md");
+        for field in Config::fields() {
+            let row = format!("| `{}` | `{}` |", field.env, field.default);
+            assert!(docs.contains(&row), "docs/configuration.md lacks the row starting {row}");
+        }
+    }
+}

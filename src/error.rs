@@ -1,0 +1,149 @@
+//! The API's error type: one variant per cause, each with a stable `code` and an HTTP status.
+//!
+//! Bodies are `{"code": "...", "message": "..."}`. Messages never contain an account id, device id, key,
+//! token or IP; internal causes are logged (without such values) and shown to the client as a generic line.
+
+use std::time::Duration;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::storage::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("request body is not valid JSON: {0}")]
+    MalformedJson(String),
+    #[error("request body does not match the expected shape: {0}")]
+    InvalidBody(String),
+    #[error("request body has a field this endpoint does not accept: {0}")]
+    UnknownField(String),
+    #[error("request body must be application/json")]
+    UnsupportedMediaType,
+    #[error("request body is too large")]
+    PayloadTooLarge,
+    #[error("field `{0}` is not valid standard base64")]
+    BadBase64(&'static str),
+    #[error("field `{0}` has the wrong length")]
+    InvalidKeyLength(&'static str),
+    #[error("field `{0}` has the wrong key type byte")]
+    InvalidKeyType(&'static str),
+    #[error("registrationId must be in 1..=16380")]
+    InvalidRegistrationId,
+    #[error("deviceSecret must be 32 to 64 bytes")]
+    InvalidDeviceSecret,
+    #[error("keyId must be in 1..=16777215")]
+    InvalidKeyId,
+    #[error("a key list holds more keys than allowed ({0})")]
+    TooManyKeys(usize),
+    #[error("a key id appears twice in one list")]
+    DuplicateKeyId,
+    #[error("signature on `{0}` does not verify against the account's identity key")]
+    InvalidSignature(&'static str),
+    #[error("path parameter is not valid")]
+    InvalidPath,
+    #[error("this server only registers holders of an invite code")]
+    InviteRequired,
+    #[error("invite code is unknown, used or expired")]
+    InvalidInvite,
+    #[error("account is waiting for an operator's approval")]
+    PendingApproval,
+    #[error("missing or invalid credentials")]
+    Unauthorized,
+    #[error("only the primary device may do this")]
+    PrimaryDeviceRequired,
+    #[error("not found")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("too many requests")]
+    RateLimited(Duration),
+    #[error("internal error")]
+    Internal(String),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: &'a str,
+    message: String,
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        use ApiError::*;
+        match self {
+            MalformedJson(_) | InvalidBody(_) | UnknownField(_) | BadBase64(_) | InvalidKeyLength(_)
+            | InvalidKeyType(_) | InvalidRegistrationId | InvalidDeviceSecret | InvalidKeyId | TooManyKeys(_)
+            | DuplicateKeyId | InvalidPath => StatusCode::BAD_REQUEST,
+            UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            InvalidSignature(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            InviteRequired | InvalidInvite | PendingApproval | PrimaryDeviceRequired => StatusCode::FORBIDDEN,
+            Unauthorized => StatusCode::UNAUTHORIZED,
+            NotFound => StatusCode::NOT_FOUND,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable, machine-readable reason. Clients switch on this, so never rename one.
+    pub fn code(&self) -> &'static str {
+        use ApiError::*;
+        match self {
+            MalformedJson(_) => "malformed_json",
+            InvalidBody(_) => "invalid_body",
+            UnknownField(_) => "unknown_field",
+            UnsupportedMediaType => "unsupported_media_type",
+            PayloadTooLarge => "payload_too_large",
+            BadBase64(_) => "bad_base64",
+            InvalidKeyLength(_) => "invalid_key_length",
+            InvalidKeyType(_) => "invalid_key_type",
+            InvalidRegistrationId => "invalid_registration_id",
+            InvalidDeviceSecret => "invalid_device_secret",
+            InvalidKeyId => "invalid_key_id",
+            TooManyKeys(_) => "too_many_keys",
+            DuplicateKeyId => "duplicate_key_id",
+            InvalidSignature(_) => "invalid_signature",
+            InvalidPath => "invalid_path",
+            InviteRequired => "invite_required",
+            InvalidInvite => "invalid_invite",
+            PendingApproval => "pending_approval",
+            Unauthorized => "unauthorized",
+            PrimaryDeviceRequired => "primary_device_required",
+            NotFound => "not_found",
+            MethodNotAllowed => "method_not_allowed",
+            RateLimited(_) => "rate_limited",
+            Internal(_) => "internal_error",
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        ApiError::Internal(err.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let message = match &self {
+            ApiError::Internal(detail) => {
+                // The detail comes from the storage layer, whose errors carry no user values.
+                tracing::error!(error = %detail, "request failed");
+                "internal error".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let mut response =
+            (self.status(), axum::Json(ErrorBody { code: self.code(), message })).into_response();
+        if let ApiError::RateLimited(retry) = &self {
+            let secs = retry.as_secs() + u64::from(retry.subsec_nanos() > 0);
+            if let Ok(value) = HeaderValue::from_str(&secs.max(1).to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
+        response
+    }
+}

@@ -1,0 +1,79 @@
+//! Device access tokens: short-lived EdDSA JWTs naming an account and a device.
+//!
+//! A token alone is not enough: every authenticated request also checks that the device still exists in an
+//! approved account, so unlinking a device or deleting an account takes effect on the next request, not at
+//! token expiry.
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::header;
+use axum::http::request::Parts;
+use jsonwebtoken::{Algorithm, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use super::App;
+use crate::domain::{Aci, DeviceId};
+use crate::error::ApiError;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    dev: u32,
+    iat: u64,
+    exp: u64,
+}
+
+/// Signs a token for the device; returns it with its lifetime in seconds.
+pub fn issue(app: &App, aci: Aci, device: DeviceId) -> Result<(String, u64), ApiError> {
+    let now = (crate::domain::now_millis() / 1000) as u64;
+    let ttl = app.config.token_ttl_seconds;
+    let claims = Claims { sub: aci.to_string(), dev: device.0, iat: now, exp: now + ttl };
+    let token = jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &app.keys.jwt_encoding)
+        .map_err(|e| ApiError::Internal(format!("token signing failed: {e}")))?;
+    Ok((token, ttl))
+}
+
+/// Checks a token's signature and expiry (not yet whether the device still exists).
+pub fn verify(app: &App, token: &str) -> Result<(Aci, DeviceId), ApiError> {
+    let mut validation = Validation::new(Algorithm::EdDSA);
+    validation.leeway = 5;
+    validation.set_required_spec_claims(&["exp", "sub"]);
+    let data = jsonwebtoken::decode::<Claims>(token, &app.keys.jwt_decoding, &validation)
+        .map_err(|_| ApiError::Unauthorized)?;
+    let aci = Aci::parse(&data.claims.sub).ok_or(ApiError::Unauthorized)?;
+    let device = DeviceId::parse(&data.claims.dev.to_string()).ok_or(ApiError::Unauthorized)?;
+    Ok((aci, device))
+}
+
+/// Checks a token and that its device is still active.
+pub async fn authenticate(app: &App, token: &str) -> Result<AuthedDevice, ApiError> {
+    let (aci, device) = verify(app, token)?;
+    if !app.storage.accounts.device_active(aci, device).await? {
+        return Err(ApiError::Unauthorized);
+    }
+    Ok(AuthedDevice { aci, device })
+}
+
+/// The `Bearer` token of a request, if it has one.
+pub fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// An authenticated device, extracted from `Authorization: Bearer <jwt>`.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthedDevice {
+    pub aci: Aci,
+    pub device: DeviceId,
+}
+
+impl FromRequestParts<Arc<App>> for AuthedDevice {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
+        authenticate(app, token).await
+    }
+}

@@ -1,0 +1,94 @@
+//! sealpost: the untrusted middle of an end-to-end-encrypted messenger.
+//!
+//! Clients do all the cryptography. The server registers anonymous accounts and their devices, stores
+//! public keys and hands out one-time prekeys exactly once, and (in later capabilities) queues and relays
+//! opaque envelopes. See `docs/` for the API and the deployment guide.
+
+pub mod accounts;
+pub mod config;
+pub mod crypto;
+pub mod domain;
+pub mod error;
+pub mod http;
+pub mod keys;
+pub mod limits;
+pub mod server_keys;
+pub mod storage;
+pub mod telemetry;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::http::App;
+use crate::limits::Limiter;
+use crate::server_keys::ServerKeys;
+use crate::storage::Storage;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("storage: {0}")]
+    Storage(#[from] storage::StoreError),
+    #[error("server keys: {0}")]
+    Keys(#[from] server_keys::KeyError),
+}
+
+/// Connects storage (applying migrations), creates missing server keys and loads them.
+pub async fn build_app(config: Config) -> Result<Arc<App>, StartError> {
+    let created = server_keys::generate_missing(&config)?;
+    if !created.is_empty() {
+        tracing::info!(count = created.len(), "created missing server key files");
+    }
+    let keys = ServerKeys::load(&config)?;
+    let storage = Storage::connect(&config).await?;
+    let limiter = Limiter::new(storage.limits.clone(), keys.pseudonym_key);
+    Ok(Arc::new(App { limiter, storage, keys, metrics: telemetry::metrics_handle(), config }))
+}
+
+/// Serves the API on `listener` and metrics on `metrics_listener` until `shutdown` completes, then stops
+/// accepting, lets open requests finish (up to the configured grace period) and returns.
+pub async fn serve(
+    app: Arc<App>,
+    listener: TcpListener,
+    metrics_listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let grace = Duration::from_secs(app.config.shutdown_grace_seconds);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let api = http::router(app.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let metrics = http::metrics_router(app.clone());
+
+    let mut api_stop = stop_rx.clone();
+    let api_server = axum::serve(listener, api).with_graceful_shutdown(async move {
+        let _ = api_stop.wait_for(|stop| *stop).await;
+    });
+    let mut metrics_stop = stop_rx.clone();
+    let metrics_server = axum::serve(metrics_listener, metrics).with_graceful_shutdown(async move {
+        let _ = metrics_stop.wait_for(|stop| *stop).await;
+    });
+    let api_task = tokio::spawn(async move { api_server.await });
+    let metrics_task = tokio::spawn(async move { metrics_server.await });
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(grace, async {
+        let api = api_task.await;
+        let metrics = metrics_task.await;
+        (api, metrics)
+    })
+    .await;
+    match drained {
+        Ok((Ok(api), Ok(metrics))) => {
+            api?;
+            metrics?;
+        }
+        Ok(_) => tracing::error!("a server task panicked"),
+        Err(_) => tracing::warn!(grace_seconds = grace.as_secs(), "open connections outlived the shutdown grace period"),
+    }
+    Ok(())
+}

@@ -1,0 +1,161 @@
+//! The `sealpost` command: serve, migrate, keygen, config, invite, approve.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sealpost::config::{Config, Loaded};
+use sealpost::domain::Aci;
+use sealpost::storage::Storage;
+
+#[derive(Parser)]
+#[command(name = "sealpost", version, about = "Relay server for end-to-end-encrypted messengers")]
+struct Cli {
+    /// Optional TOML config file (the environment always wins over it). Also `SEALPOST_CONFIG`.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Create any missing server key files and print the sealed-sender trust root's public key.
+    Keygen,
+    /// Print the effective configuration (secrets masked) and where each value came from.
+    Config {
+        /// Print the documentation table of every setting instead.
+        #[arg(long)]
+        markdown: bool,
+    },
+    /// Manage invite codes.
+    Invite {
+        #[command(subcommand)]
+        command: InviteCommand,
+    },
+    /// Approve an account waiting under the `approval` registration policy.
+    Approve { aci: String },
+}
+
+#[derive(Subcommand)]
+enum InviteCommand {
+    /// Create a single-use invite code.
+    Create {
+        /// Lifetime in seconds (default: SEALPOST_INVITE_TTL_SECONDS).
+        #[arg(long)]
+        ttl_seconds: Option<u64>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let loaded = match Config::load(cli.config.as_deref(), std::env::vars()) {
+        Ok(loaded) => loaded,
+        Err(err) => {
+            eprintln!("configuration error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    sealpost::telemetry::init_logging(&loaded.config);
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command.unwrap_or(Command::Serve), loaded)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, loaded: Loaded) -> Result<(), Box<dyn std::error::Error>> {
+    let config = loaded.config;
+    match command {
+        Command::Serve => serve(config).await,
+        Command::Migrate => {
+            let ran = Storage::migrate(&config).await?;
+            println!("applied {ran} migration(s)");
+            Ok(())
+        }
+        Command::Keygen => {
+            let created = sealpost::server_keys::generate_missing(&config)?;
+            for path in &created {
+                println!("created {}", path.display());
+            }
+            let keys = sealpost::server_keys::ServerKeys::load(&config)?;
+            println!("trust root public key (pin this in clients): {}", keys.trust_root_public_b64());
+            Ok(())
+        }
+        Command::Config { markdown } => {
+            if markdown {
+                println!("| variable | default | meaning |\n| --- | --- | --- |");
+                for field in Config::fields() {
+                    let secret = if field.secret { format!(" Secret: also `{}_FILE`.", field.env) } else { String::new() };
+                    println!("| `{}` | `{}` | {}{} |", field.env, field.default, field.doc, secret);
+                }
+            } else {
+                print!("{}", config.describe(&loaded.sources));
+            }
+            Ok(())
+        }
+        Command::Invite { command: InviteCommand::Create { ttl_seconds } } => {
+            let storage = Storage::connect(&config).await?;
+            let ttl = ttl_seconds.unwrap_or(config.invite_ttl_seconds);
+            let code = sealpost::accounts::create_invite(&storage, ttl).await?;
+            println!("{code}");
+            Ok(())
+        }
+        Command::Approve { aci } => {
+            let aci = Aci::parse(&aci).ok_or("not an aci (UUID)")?;
+            let storage = Storage::connect(&config).await?;
+            if storage.accounts.approve(aci).await? {
+                println!("approved");
+                Ok(())
+            } else {
+                Err("no such account".into())
+            }
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let metrics_listener = tokio::net::TcpListener::bind(config.metrics_listen).await?;
+    let app = sealpost::build_app(config).await?;
+    tracing::info!(backend = app.storage.kind, "metrics on http://{}/metrics", metrics_listener.local_addr()?);
+    tracing::info!(backend = app.storage.kind, "listening on http://{}", listener.local_addr()?);
+    sealpost::serve(app, listener, metrics_listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,484 @@
+//! Embedded deployment: one SQLite file (WAL) for everything durable and the one-time prekey pools, and
+//! in-process token buckets. One process, no services.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Connection, Row, SqlitePool};
+
+use super::*;
+use crate::domain::{AccessKey, EcPublicKey, KemPublicKey, RegistrationId, Signature};
+
+const KIND_EC: i64 = 1;
+const KIND_KEM: i64 = 2;
+
+fn options(database_url: &str) -> StoreResult<SqliteConnectOptions> {
+    Ok(SqliteConnectOptions::from_str(database_url)?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .foreign_keys(true)
+        .busy_timeout(Duration::from_secs(10)))
+}
+
+fn ensure_parent(database_url: &str) -> StoreResult<()> {
+    let path = database_url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+    let path = path.split('?').next().unwrap_or_default();
+    if path.is_empty() || path == ":memory:" {
+        return Ok(());
+    }
+    if let Some(parent) = std::path::Path::new(path).parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| StoreError::Migration(format!("cannot create {}: {e}", parent.display())))?;
+    }
+    Ok(())
+}
+
+pub async fn migrate_only(_config: &Config, database_url: &str) -> StoreResult<usize> {
+    ensure_parent(database_url)?;
+    let mut conn = sqlx::SqliteConnection::connect_with(&options(database_url)?).await?;
+    let ran = super::migrate::sqlite(&mut conn).await?;
+    conn.close().await?;
+    Ok(ran)
+}
+
+pub async fn connect(config: &Config, database_url: &str) -> StoreResult<Storage> {
+    migrate_only(config, database_url).await?;
+    let pool = SqlitePoolOptions::new()
+        .max_connections(config.database_max_connections.max(1))
+        .connect_with(options(database_url)?)
+        .await?;
+    let db = Arc::new(Sqlite { pool });
+    Ok(Storage {
+        accounts: db.clone(),
+        keys: db.clone(),
+        pre_keys: db.clone(),
+        limits: Arc::new(MemoryLimits::default()),
+        probes: vec![db],
+        kind: "embedded",
+    })
+}
+
+/// The SQLite store.
+pub struct Sqlite {
+    pool: SqlitePool,
+}
+
+fn aci_text(aci: Aci) -> String {
+    aci.to_string()
+}
+
+fn ec_key(bytes: &[u8]) -> StoreResult<EcPublicKey> {
+    EcPublicKey::from_bytes("stored", bytes).map_err(|_| StoreError::Corrupt("ec key"))
+}
+
+fn kem_key(bytes: Vec<u8>) -> StoreResult<KemPublicKey> {
+    if bytes.len() == KemPublicKey::LEN { Ok(KemPublicKey(bytes)) } else { Err(StoreError::Corrupt("kem key")) }
+}
+
+fn signature(bytes: &[u8]) -> StoreResult<Signature> {
+    Ok(Signature(bytes.try_into().map_err(|_| StoreError::Corrupt("signature"))?))
+}
+
+fn registration_id(value: i64) -> StoreResult<RegistrationId> {
+    RegistrationId::new(value).map_err(|_| StoreError::Corrupt("registration id"))
+}
+
+#[async_trait]
+impl AccountStore for Sqlite {
+    async fn create_account(
+        &self,
+        account: &NewAccount,
+        invite: Option<[u8; 32]>,
+        now: i64,
+    ) -> StoreResult<Result<(), CreateAccountError>> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(hash) = invite {
+            let consumed = sqlx::query("DELETE FROM invites WHERE code_hash = ? AND expires_at > ?")
+                .bind(&hash[..])
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if consumed != 1 {
+                return Ok(Err(CreateAccountError::InvalidInvite));
+            }
+        }
+        sqlx::query("INSERT INTO accounts (aci, identity_key, approved, created_at) VALUES (?, ?, ?, ?)")
+            .bind(aci_text(account.aci))
+            .bind(&account.identity_key.0[..])
+            .bind(account.approved)
+            .bind(account.created_at)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO devices (aci, device_id, registration_id, secret_salt, secret_hash, created_at, last_seen_day)
+             VALUES (?, 1, ?, ?, ?, ?, ?)",
+        )
+        .bind(aci_text(account.aci))
+        .bind(i64::from(account.registration_id.0))
+        .bind(&account.secret_salt[..])
+        .bind(&account.secret_hash[..])
+        .bind(account.created_at)
+        .bind(crate::domain::round_to_day(account.created_at))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Ok(()))
+    }
+
+    async fn create_invite(&self, code_hash: [u8; 32], expires_at: i64) -> StoreResult<()> {
+        sqlx::query("INSERT INTO invites (code_hash, expires_at) VALUES (?, ?)")
+            .bind(&code_hash[..])
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn approve(&self, aci: Aci) -> StoreResult<bool> {
+        let done = sqlx::query("UPDATE accounts SET approved = 1 WHERE aci = ?")
+            .bind(aci_text(aci))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn account(&self, aci: Aci) -> StoreResult<Option<Account>> {
+        let row = sqlx::query(
+            "SELECT identity_key, access_key, unrestricted_access, approved FROM accounts WHERE aci = ?",
+        )
+        .bind(aci_text(aci))
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let access: Option<Vec<u8>> = row.try_get("access_key")?;
+        Ok(Some(Account {
+            aci,
+            identity_key: ec_key(row.try_get::<Vec<u8>, _>("identity_key")?.as_slice())?,
+            access_key: match access {
+                Some(bytes) => Some(AccessKey(bytes.as_slice().try_into().map_err(|_| StoreError::Corrupt("access key"))?)),
+                None => None,
+            },
+            unrestricted_access: row.try_get("unrestricted_access")?,
+            approved: row.try_get("approved")?,
+        }))
+    }
+
+    async fn device_credentials(&self, aci: Aci, device: DeviceId) -> StoreResult<Option<DeviceCredentials>> {
+        let row = sqlx::query(
+            "SELECT d.secret_salt, d.secret_hash, a.approved FROM devices d JOIN accounts a ON a.aci = d.aci
+             WHERE d.aci = ? AND d.device_id = ?",
+        )
+        .bind(aci_text(aci))
+        .bind(i64::from(device.0))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(DeviceCredentials {
+                secret_salt: row.try_get("secret_salt")?,
+                secret_hash: row.try_get("secret_hash")?,
+                approved: row.try_get("approved")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn device_active(&self, aci: Aci, device: DeviceId) -> StoreResult<bool> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM devices d JOIN accounts a ON a.aci = d.aci
+             WHERE d.aci = ? AND d.device_id = ? AND a.approved = 1",
+        )
+        .bind(aci_text(aci))
+        .bind(i64::from(device.0))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(found.is_some())
+    }
+
+    async fn touch_device(&self, aci: Aci, device: DeviceId, day: i64) -> StoreResult<()> {
+        sqlx::query("UPDATE devices SET last_seen_day = ? WHERE aci = ? AND device_id = ? AND last_seen_day < ?")
+            .bind(day)
+            .bind(aci_text(aci))
+            .bind(i64::from(device.0))
+            .bind(day)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn devices(&self, aci: Aci) -> StoreResult<Vec<Device>> {
+        let rows = sqlx::query(
+            "SELECT device_id, registration_id, created_at, last_seen_day FROM devices WHERE aci = ? ORDER BY device_id",
+        )
+        .bind(aci_text(aci))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(Device {
+                    id: DeviceId(row.try_get::<i64, _>("device_id")? as u32),
+                    registration_id: registration_id(row.try_get("registration_id")?)?,
+                    created_at: row.try_get("created_at")?,
+                    last_seen_day: row.try_get("last_seen_day")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_device(&self, aci: Aci, device: DeviceId) -> StoreResult<bool> {
+        let done = sqlx::query("DELETE FROM devices WHERE aci = ? AND device_id = ?")
+            .bind(aci_text(aci))
+            .bind(i64::from(device.0))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn delete_account(&self, aci: Aci) -> StoreResult<bool> {
+        let done = sqlx::query("DELETE FROM accounts WHERE aci = ?").bind(aci_text(aci)).execute(&self.pool).await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn set_access(&self, aci: Aci, key: Option<AccessKey>, unrestricted: bool) -> StoreResult<bool> {
+        let done = sqlx::query("UPDATE accounts SET access_key = ?, unrestricted_access = ? WHERE aci = ?")
+            .bind(key.map(|k| k.0.to_vec()))
+            .bind(unrestricted)
+            .bind(aci_text(aci))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl KeyStore for Sqlite {
+    async fn put_signed(
+        &self,
+        aci: Aci,
+        device: DeviceId,
+        signed: Option<&SignedEcKey>,
+        last_resort: Option<&SignedKemKey>,
+    ) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        let parts = [
+            signed.map(|k| (KIND_EC, k.key_id, k.public_key.0.to_vec(), k.signature.0)),
+            last_resort.map(|k| (KIND_KEM, k.key_id, k.public_key.0.clone(), k.signature.0)),
+        ];
+        for (kind, key_id, public_key, signature) in parts.into_iter().flatten() {
+            sqlx::query(
+                "INSERT INTO signed_keys (aci, device_id, kind, key_id, public_key, signature) VALUES (?, ?, ?, ?, ?, ?)
+                 ON CONFLICT (aci, device_id, kind) DO UPDATE SET
+                   key_id = excluded.key_id, public_key = excluded.public_key, signature = excluded.signature",
+            )
+            .bind(aci_text(aci))
+            .bind(i64::from(device.0))
+            .bind(kind)
+            .bind(i64::from(key_id))
+            .bind(public_key)
+            .bind(&signature[..])
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn device_keys(&self, aci: Aci, only: Option<DeviceId>) -> StoreResult<Vec<DeviceKeys>> {
+        let rows = sqlx::query(
+            "SELECT d.device_id, d.registration_id,
+                    e.key_id AS ec_id, e.public_key AS ec_key, e.signature AS ec_sig,
+                    k.key_id AS kem_id, k.public_key AS kem_key, k.signature AS kem_sig
+             FROM devices d
+             JOIN signed_keys e ON e.aci = d.aci AND e.device_id = d.device_id AND e.kind = 1
+             JOIN signed_keys k ON k.aci = d.aci AND k.device_id = d.device_id AND k.kind = 2
+             WHERE d.aci = ? AND (? IS NULL OR d.device_id = ?)
+             ORDER BY d.device_id",
+        )
+        .bind(aci_text(aci))
+        .bind(only.map(|d| i64::from(d.0)))
+        .bind(only.map(|d| i64::from(d.0)))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(DeviceKeys {
+                    device: DeviceId(row.try_get::<i64, _>("device_id")? as u32),
+                    registration_id: registration_id(row.try_get("registration_id")?)?,
+                    signed_pre_key: SignedEcKey {
+                        key_id: row.try_get::<i64, _>("ec_id")? as u32,
+                        public_key: ec_key(&row.try_get::<Vec<u8>, _>("ec_key")?)?,
+                        signature: signature(&row.try_get::<Vec<u8>, _>("ec_sig")?)?,
+                    },
+                    pq_last_resort: SignedKemKey {
+                        key_id: row.try_get::<i64, _>("kem_id")? as u32,
+                        public_key: kem_key(row.try_get("kem_key")?)?,
+                        signature: signature(&row.try_get::<Vec<u8>, _>("kem_sig")?)?,
+                    },
+                })
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl PreKeyPool for Sqlite {
+    async fn replace(
+        &self,
+        aci: Aci,
+        device: DeviceId,
+        ec: Option<&[EcOneTimeKey]>,
+        kem: Option<&[SignedKemKey]>,
+    ) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        let lists: [(i64, Option<Vec<(u32, Vec<u8>, Option<[u8; 64]>)>>); 2] = [
+            (KIND_EC, ec.map(|keys| keys.iter().map(|k| (k.key_id, k.public_key.0.to_vec(), None)).collect())),
+            (
+                KIND_KEM,
+                kem.map(|keys| keys.iter().map(|k| (k.key_id, k.public_key.0.clone(), Some(k.signature.0))).collect()),
+            ),
+        ];
+        for (kind, keys) in lists {
+            let Some(keys) = keys else { continue };
+            sqlx::query("DELETE FROM one_time_keys WHERE aci = ? AND device_id = ? AND kind = ?")
+                .bind(aci_text(aci))
+                .bind(i64::from(device.0))
+                .bind(kind)
+                .execute(&mut *tx)
+                .await?;
+            for (key_id, public_key, signature) in keys {
+                sqlx::query(
+                    "INSERT INTO one_time_keys (aci, device_id, kind, key_id, public_key, signature)
+                     VALUES (?, ?, ?, ?, ?, ?)",
+                )
+                .bind(aci_text(aci))
+                .bind(i64::from(device.0))
+                .bind(kind)
+                .bind(i64::from(key_id))
+                .bind(public_key)
+                .bind(signature.map(|s| s.to_vec()))
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn counts(&self, aci: Aci, device: DeviceId) -> StoreResult<(u32, u32)> {
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(kind = 1), 0) AS ec, COALESCE(SUM(kind = 2), 0) AS kem
+             FROM one_time_keys WHERE aci = ? AND device_id = ?",
+        )
+        .bind(aci_text(aci))
+        .bind(i64::from(device.0))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row.try_get::<i64, _>("ec")? as u32, row.try_get::<i64, _>("kem")? as u32))
+    }
+
+    async fn claim(&self, aci: Aci, device: DeviceId) -> StoreResult<(Option<EcOneTimeKey>, Option<SignedKemKey>)> {
+        // One DELETE … RETURNING per kind: SQLite runs a statement under its single write lock, so the row
+        // a caller deletes is the row it receives and nobody else can.
+        const CLAIM: &str = "DELETE FROM one_time_keys WHERE rowid = (
+                 SELECT rowid FROM one_time_keys WHERE aci = ? AND device_id = ? AND kind = ? ORDER BY key_id LIMIT 1)
+             RETURNING key_id, public_key, signature";
+        let mut tx = self.pool.begin().await?;
+        let ec = sqlx::query(CLAIM)
+            .bind(aci_text(aci))
+            .bind(i64::from(device.0))
+            .bind(KIND_EC)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let kem = sqlx::query(CLAIM)
+            .bind(aci_text(aci))
+            .bind(i64::from(device.0))
+            .bind(KIND_KEM)
+            .fetch_optional(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let ec = ec
+            .map(|row| {
+                Ok::<_, StoreError>(EcOneTimeKey {
+                    key_id: row.try_get::<i64, _>("key_id")? as u32,
+                    public_key: ec_key(&row.try_get::<Vec<u8>, _>("public_key")?)?,
+                })
+            })
+            .transpose()?;
+        let kem = kem
+            .map(|row| {
+                let sig: Option<Vec<u8>> = row.try_get("signature")?;
+                Ok::<_, StoreError>(SignedKemKey {
+                    key_id: row.try_get::<i64, _>("key_id")? as u32,
+                    public_key: kem_key(row.try_get("public_key")?)?,
+                    signature: signature(&sig.ok_or(StoreError::Corrupt("kem signature"))?)?,
+                })
+            })
+            .transpose()?;
+        Ok((ec, kem))
+    }
+
+    async fn remove_device(&self, aci: Aci, device: DeviceId) -> StoreResult<()> {
+        sqlx::query("DELETE FROM one_time_keys WHERE aci = ? AND device_id = ?")
+            .bind(aci_text(aci))
+            .bind(i64::from(device.0))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Probe for Sqlite {
+    fn name(&self) -> &'static str {
+        "sqlite"
+    }
+    async fn check(&self) -> StoreResult<()> {
+        self.ping().await
+    }
+}
+
+/// In-process token buckets for the embedded deployment.
+///
+/// A `std::sync::Mutex` is right here: the critical section is a few arithmetic operations and never
+/// awaits, so an async mutex would only add overhead.
+#[derive(Default)]
+pub struct MemoryLimits {
+    buckets: Mutex<HashMap<(String, [u8; 16]), (f64, Instant)>>,
+}
+
+/// Above this many buckets, full (idle) ones are dropped so memory stays bounded.
+const MAX_BUCKETS: usize = 100_000;
+
+#[async_trait]
+impl RateLimitStore for MemoryLimits {
+    async fn take(&self, bucket: &str, key: &[u8; 16], limit: &RateLimit) -> StoreResult<Result<(), Duration>> {
+        let now = Instant::now();
+        let capacity = f64::from(limit.burst);
+        let rate = limit.refill_per_second();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if buckets.len() >= MAX_BUCKETS {
+            buckets.retain(|_, (tokens, at)| *tokens + now.duration_since(*at).as_secs_f64() * rate < capacity);
+        }
+        let entry = buckets.entry((bucket.to_owned(), *key)).or_insert((capacity, now));
+        let tokens = (entry.0 + now.duration_since(entry.1).as_secs_f64() * rate).min(capacity);
+        if tokens >= 1.0 {
+            *entry = (tokens - 1.0, now);
+            Ok(Ok(()))
+        } else {
+            *entry = (tokens, now);
+            Ok(Err(Duration::from_secs_f64((1.0 - tokens) / rate)))
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! The storage seam: small traits, one implementation per deployment.
+//!
+//! * **Embedded** (`embedded`): SQLite for everything durable and for one-time prekey pools, in-process
+//!   rate-limit buckets. No service to run.
+//! * **Scale-out** (`scaleout`): Postgres for durable records (accounts, devices, identity, signed and
+//!   last-resort keys, invites); Redis or Redis Cluster for one-time prekey pools (atomic pop) and
+//!   rate-limit buckets, shared by every instance.
+//!
+//! Handlers and capabilities only see the traits; which implementation runs is decided once, from the
+//! configured URLs, in [`Storage::connect`]. Dialect differences stay inside the backend modules.
+
+pub mod embedded;
+mod migrate;
+pub mod scaleout;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::config::{Backend, Config, RateLimit};
+use crate::domain::{AccessKey, Aci, DeviceId, EcPublicKey, KemPublicKey, RegistrationId, Signature};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("redis: {0}")]
+    Redis(#[from] fred::error::Error),
+    #[error("migration: {0}")]
+    Migration(String),
+    #[error("stored data is inconsistent: {0}")]
+    Corrupt(&'static str),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// What registration writes for a new account and its primary device.
+pub struct NewAccount {
+    pub aci: Aci,
+    pub identity_key: EcPublicKey,
+    pub registration_id: RegistrationId,
+    pub secret_salt: [u8; 16],
+    pub secret_hash: [u8; 32],
+    pub approved: bool,
+    pub created_at: i64,
+}
+
+/// Why an account could not be created.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CreateAccountError {
+    InvalidInvite,
+}
+
+/// The parts of an account other capabilities read.
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub aci: Aci,
+    pub identity_key: EcPublicKey,
+    pub access_key: Option<AccessKey>,
+    pub unrestricted_access: bool,
+    pub approved: bool,
+}
+
+/// What token issuance needs to check a device secret.
+#[derive(Debug, Clone)]
+pub struct DeviceCredentials {
+    pub secret_salt: Vec<u8>,
+    pub secret_hash: Vec<u8>,
+    pub approved: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    pub id: DeviceId,
+    pub registration_id: RegistrationId,
+    pub created_at: i64,
+    /// Start of the UTC day the device last obtained a token.
+    pub last_seen_day: i64,
+}
+
+/// Accounts, devices and invite codes: durable records.
+#[async_trait]
+pub trait AccountStore: Send + Sync {
+    /// Creates the account with device 1; with `invite`, consumes that unexpired, unused invite hash in
+    /// the same transaction (or creates nothing).
+    async fn create_account(
+        &self,
+        account: &NewAccount,
+        invite: Option<[u8; 32]>,
+        now: i64,
+    ) -> StoreResult<Result<(), CreateAccountError>>;
+    async fn create_invite(&self, code_hash: [u8; 32], expires_at: i64) -> StoreResult<()>;
+    /// Marks an account approved; false when there is no such account.
+    async fn approve(&self, aci: Aci) -> StoreResult<bool>;
+    async fn account(&self, aci: Aci) -> StoreResult<Option<Account>>;
+    async fn device_credentials(&self, aci: Aci, device: DeviceId) -> StoreResult<Option<DeviceCredentials>>;
+    /// Whether the device exists in an approved account: checked on every authenticated request so a
+    /// removed device loses access at once.
+    async fn device_active(&self, aci: Aci, device: DeviceId) -> StoreResult<bool>;
+    async fn touch_device(&self, aci: Aci, device: DeviceId, day: i64) -> StoreResult<()>;
+    async fn devices(&self, aci: Aci) -> StoreResult<Vec<Device>>;
+    /// Removes a device and its durable keys; false when it did not exist.
+    async fn delete_device(&self, aci: Aci, device: DeviceId) -> StoreResult<bool>;
+    /// Removes the account and everything durable that belongs to it.
+    async fn delete_account(&self, aci: Aci) -> StoreResult<bool>;
+    async fn set_access(&self, aci: Aci, key: Option<AccessKey>, unrestricted: bool) -> StoreResult<bool>;
+    async fn ping(&self) -> StoreResult<()>;
+}
+
+/// A signed key as uploaded: EC signed prekey or Kyber key with the identity key's XEdDSA signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedEcKey {
+    pub key_id: u32,
+    pub public_key: EcPublicKey,
+    pub signature: Signature,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedKemKey {
+    pub key_id: u32,
+    pub public_key: KemPublicKey,
+    pub signature: Signature,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EcOneTimeKey {
+    pub key_id: u32,
+    pub public_key: EcPublicKey,
+}
+
+/// One validated `PUT /v1/keys`: each part present replaces what the device had of that kind.
+#[derive(Debug, Default)]
+pub struct KeyUpload {
+    pub signed_pre_key: Option<SignedEcKey>,
+    pub pq_last_resort: Option<SignedKemKey>,
+    pub pre_keys: Option<Vec<EcOneTimeKey>>,
+    pub pq_pre_keys: Option<Vec<SignedKemKey>>,
+}
+
+/// The durable keys of one device.
+#[derive(Debug, Clone)]
+pub struct DeviceKeys {
+    pub device: DeviceId,
+    pub registration_id: RegistrationId,
+    pub signed_pre_key: SignedEcKey,
+    pub pq_last_resort: SignedKemKey,
+}
+
+/// One-time prekey pools: every key leaves the pool at most once.
+#[async_trait]
+pub trait PreKeyPool: Send + Sync {
+    /// Replaces the device's unused EC one-time keys (`Some`) and/or Kyber ones.
+    async fn replace(
+        &self,
+        aci: Aci,
+        device: DeviceId,
+        ec: Option<&[EcOneTimeKey]>,
+        kem: Option<&[SignedKemKey]>,
+    ) -> StoreResult<()>;
+    async fn counts(&self, aci: Aci, device: DeviceId) -> StoreResult<(u32, u32)>;
+    /// Takes at most one key of each kind, atomically: no other caller can ever receive the same key.
+    async fn claim(&self, aci: Aci, device: DeviceId) -> StoreResult<(Option<EcOneTimeKey>, Option<SignedKemKey>)>;
+    async fn remove_device(&self, aci: Aci, device: DeviceId) -> StoreResult<()>;
+}
+
+/// Signed and last-resort keys: durable.
+#[async_trait]
+pub trait KeyStore: Send + Sync {
+    async fn put_signed(
+        &self,
+        aci: Aci,
+        device: DeviceId,
+        signed: Option<&SignedEcKey>,
+        last_resort: Option<&SignedKemKey>,
+    ) -> StoreResult<()>;
+    /// Devices of the account that have both a signed prekey and a last-resort key (all, or just `only`).
+    async fn device_keys(&self, aci: Aci, only: Option<DeviceId>) -> StoreResult<Vec<DeviceKeys>>;
+}
+
+/// Token buckets keyed by an opaque pseudonym (never a raw IP or id).
+#[async_trait]
+pub trait RateLimitStore: Send + Sync {
+    /// Takes one token; `Err(wait)` tells how long until one is available.
+    async fn take(&self, bucket: &str, key: &[u8; 16], limit: &RateLimit) -> StoreResult<Result<(), Duration>>;
+}
+
+/// The storage a running server uses.
+#[derive(Clone)]
+pub struct Storage {
+    pub accounts: Arc<dyn AccountStore>,
+    pub keys: Arc<dyn KeyStore>,
+    pub pre_keys: Arc<dyn PreKeyPool>,
+    pub limits: Arc<dyn RateLimitStore>,
+    /// Checks every configured store, for `/readyz`.
+    pub probes: Vec<Arc<dyn Probe>>,
+    pub kind: &'static str,
+}
+
+/// A readiness check of one service.
+#[async_trait]
+pub trait Probe: Send + Sync {
+    fn name(&self) -> &'static str;
+    async fn check(&self) -> StoreResult<()>;
+}
+
+impl Storage {
+    /// Connects to the backend the configuration selects and applies pending migrations (under a lock).
+    pub async fn connect(config: &Config) -> StoreResult<Storage> {
+        match config.backend() {
+            Backend::Embedded { database_url } => embedded::connect(config, &database_url).await,
+            Backend::ScaleOut { database_url, redis_url } => {
+                scaleout::connect(config, &database_url, &redis_url).await
+            }
+            Backend::Invalid(reason) => Err(StoreError::Migration(reason)),
+        }
+    }
+
+    /// Applies pending migrations only (for `sealpost migrate`).
+    pub async fn migrate(config: &Config) -> StoreResult<usize> {
+        match config.backend() {
+            Backend::Embedded { database_url } => embedded::migrate_only(config, &database_url).await,
+            Backend::ScaleOut { database_url, .. } => scaleout::migrate_only(config, &database_url).await,
+            Backend::Invalid(reason) => Err(StoreError::Migration(reason)),
+        }
+    }
+}

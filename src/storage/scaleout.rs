@@ -1,0 +1,543 @@
+//! Scale-out deployment: Postgres for durable records, Redis (or Redis Cluster, same code path through
+//! fred's cluster configuration) for one-time prekey pools and rate-limit buckets. Any number of sealpost
+//! instances can share them.
+//!
+//! Redis keys all start with the configured prefix. Keys that a script touches together share a hash tag
+//! (`{aci.device}`), so every script runs on one cluster slot.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fred::prelude::{Builder, ClientLike, Config as RedisConfig, KeysInterface, Pool as RedisPool};
+use fred::types::Value as RedisValue;
+use fred::types::scripts::Script;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgPool, Row};
+
+use super::*;
+use crate::domain::{AccessKey, EcPublicKey, KemPublicKey, RegistrationId, Signature};
+
+const KIND_EC: i16 = 1;
+const KIND_KEM: i16 = 2;
+
+async fn pg_options(config: &Config, database_url: &str) -> StoreResult<PgConnectOptions> {
+    let options = PgConnectOptions::from_str(database_url)?;
+    let Some(schema) = &config.database_schema else { return Ok(options) };
+    // The schema name was checked to be [a-z0-9_]+ by Config::validate, so quoting it is safe.
+    let mut conn = sqlx::PgConnection::connect_with(&options).await?;
+    let created = sqlx::raw_sql(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"")).execute(&mut conn).await;
+    if let Err(err) = created {
+        // Two replicas creating the schema at the same moment: the loser sees a unique violation.
+        let duplicate = err.as_database_error().and_then(|e| e.code()).is_some_and(|c| c == "23505" || c == "42P06");
+        if !duplicate {
+            return Err(err.into());
+        }
+    }
+    conn.close().await?;
+    Ok(options.options([("search_path", schema.as_str())]))
+}
+
+pub async fn migrate_only(config: &Config, database_url: &str) -> StoreResult<usize> {
+    let options = pg_options(config, database_url).await?;
+    let mut conn = sqlx::PgConnection::connect_with(&options).await?;
+    let ran = super::migrate::postgres(&mut conn).await?;
+    conn.close().await?;
+    Ok(ran)
+}
+
+pub async fn connect(config: &Config, database_url: &str, redis_url: &str) -> StoreResult<Storage> {
+    let options = pg_options(config, database_url).await?;
+    {
+        let mut conn = sqlx::PgConnection::connect_with(&options).await?;
+        super::migrate::postgres(&mut conn).await?;
+        conn.close().await?;
+    }
+    let pool = PgPoolOptions::new()
+        .max_connections(config.database_max_connections.max(1))
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await?;
+    let postgres = Arc::new(Postgres { pool });
+    let redis = Arc::new(Redis::connect(redis_url, &config.redis_key_prefix).await?);
+    Ok(Storage {
+        accounts: postgres.clone(),
+        keys: postgres.clone(),
+        pre_keys: redis.clone(),
+        limits: redis.clone(),
+        probes: vec![postgres, redis],
+        kind: "scale-out",
+    })
+}
+
+/// The Postgres store of durable records.
+pub struct Postgres {
+    pool: PgPool,
+}
+
+fn ec_key(bytes: &[u8]) -> StoreResult<EcPublicKey> {
+    EcPublicKey::from_bytes("stored", bytes).map_err(|_| StoreError::Corrupt("ec key"))
+}
+
+fn signature(bytes: &[u8]) -> StoreResult<Signature> {
+    Ok(Signature(bytes.try_into().map_err(|_| StoreError::Corrupt("signature"))?))
+}
+
+fn registration_id(value: i32) -> StoreResult<RegistrationId> {
+    RegistrationId::new(i64::from(value)).map_err(|_| StoreError::Corrupt("registration id"))
+}
+
+fn device_param(device: DeviceId) -> i32 {
+    device.0 as i32
+}
+
+#[async_trait]
+impl AccountStore for Postgres {
+    async fn create_account(
+        &self,
+        account: &NewAccount,
+        invite: Option<[u8; 32]>,
+        now: i64,
+    ) -> StoreResult<Result<(), CreateAccountError>> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(hash) = invite {
+            let consumed = sqlx::query("DELETE FROM invites WHERE code_hash = $1 AND expires_at > $2")
+                .bind(&hash[..])
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if consumed != 1 {
+                return Ok(Err(CreateAccountError::InvalidInvite));
+            }
+        }
+        sqlx::query("INSERT INTO accounts (aci, identity_key, approved, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(account.aci.0)
+            .bind(&account.identity_key.0[..])
+            .bind(account.approved)
+            .bind(account.created_at)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO devices (aci, device_id, registration_id, secret_salt, secret_hash, created_at, last_seen_day)
+             VALUES ($1, 1, $2, $3, $4, $5, $6)",
+        )
+        .bind(account.aci.0)
+        .bind(i32::from(account.registration_id.0))
+        .bind(&account.secret_salt[..])
+        .bind(&account.secret_hash[..])
+        .bind(account.created_at)
+        .bind(crate::domain::round_to_day(account.created_at))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Ok(()))
+    }
+
+    async fn create_invite(&self, code_hash: [u8; 32], expires_at: i64) -> StoreResult<()> {
+        sqlx::query("INSERT INTO invites (code_hash, expires_at) VALUES ($1, $2)")
+            .bind(&code_hash[..])
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn approve(&self, aci: Aci) -> StoreResult<bool> {
+        let done = sqlx::query("UPDATE accounts SET approved = TRUE WHERE aci = $1").bind(aci.0).execute(&self.pool).await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn account(&self, aci: Aci) -> StoreResult<Option<Account>> {
+        let row = sqlx::query(
+            "SELECT identity_key, access_key, unrestricted_access, approved FROM accounts WHERE aci = $1",
+        )
+        .bind(aci.0)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let access: Option<Vec<u8>> = row.try_get("access_key")?;
+        Ok(Some(Account {
+            aci,
+            identity_key: ec_key(&row.try_get::<Vec<u8>, _>("identity_key")?)?,
+            access_key: match access {
+                Some(bytes) => Some(AccessKey(bytes.as_slice().try_into().map_err(|_| StoreError::Corrupt("access key"))?)),
+                None => None,
+            },
+            unrestricted_access: row.try_get("unrestricted_access")?,
+            approved: row.try_get("approved")?,
+        }))
+    }
+
+    async fn device_credentials(&self, aci: Aci, device: DeviceId) -> StoreResult<Option<DeviceCredentials>> {
+        let row = sqlx::query(
+            "SELECT d.secret_salt, d.secret_hash, a.approved FROM devices d JOIN accounts a ON a.aci = d.aci
+             WHERE d.aci = $1 AND d.device_id = $2",
+        )
+        .bind(aci.0)
+        .bind(device_param(device))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(DeviceCredentials {
+                secret_salt: row.try_get("secret_salt")?,
+                secret_hash: row.try_get("secret_hash")?,
+                approved: row.try_get("approved")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn device_active(&self, aci: Aci, device: DeviceId) -> StoreResult<bool> {
+        let found: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM devices d JOIN accounts a ON a.aci = d.aci
+             WHERE d.aci = $1 AND d.device_id = $2 AND a.approved",
+        )
+        .bind(aci.0)
+        .bind(device_param(device))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(found.is_some())
+    }
+
+    async fn touch_device(&self, aci: Aci, device: DeviceId, day: i64) -> StoreResult<()> {
+        sqlx::query("UPDATE devices SET last_seen_day = $1 WHERE aci = $2 AND device_id = $3 AND last_seen_day < $1")
+            .bind(day)
+            .bind(aci.0)
+            .bind(device_param(device))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn devices(&self, aci: Aci) -> StoreResult<Vec<Device>> {
+        let rows = sqlx::query(
+            "SELECT device_id, registration_id, created_at, last_seen_day FROM devices WHERE aci = $1 ORDER BY device_id",
+        )
+        .bind(aci.0)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(Device {
+                    id: DeviceId(row.try_get::<i32, _>("device_id")? as u32),
+                    registration_id: registration_id(row.try_get("registration_id")?)?,
+                    created_at: row.try_get("created_at")?,
+                    last_seen_day: row.try_get("last_seen_day")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_device(&self, aci: Aci, device: DeviceId) -> StoreResult<bool> {
+        let done = sqlx::query("DELETE FROM devices WHERE aci = $1 AND device_id = $2")
+            .bind(aci.0)
+            .bind(device_param(device))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn delete_account(&self, aci: Aci) -> StoreResult<bool> {
+        let done = sqlx::query("DELETE FROM accounts WHERE aci = $1").bind(aci.0).execute(&self.pool).await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn set_access(&self, aci: Aci, key: Option<AccessKey>, unrestricted: bool) -> StoreResult<bool> {
+        let done = sqlx::query("UPDATE accounts SET access_key = $1, unrestricted_access = $2 WHERE aci = $3")
+            .bind(key.map(|k| k.0.to_vec()))
+            .bind(unrestricted)
+            .bind(aci.0)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl KeyStore for Postgres {
+    async fn put_signed(
+        &self,
+        aci: Aci,
+        device: DeviceId,
+        signed: Option<&SignedEcKey>,
+        last_resort: Option<&SignedKemKey>,
+    ) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        let parts = [
+            signed.map(|k| (KIND_EC, k.key_id, k.public_key.0.to_vec(), k.signature.0)),
+            last_resort.map(|k| (KIND_KEM, k.key_id, k.public_key.0.clone(), k.signature.0)),
+        ];
+        for (kind, key_id, public_key, signature) in parts.into_iter().flatten() {
+            sqlx::query(
+                "INSERT INTO signed_keys (aci, device_id, kind, key_id, public_key, signature)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (aci, device_id, kind) DO UPDATE SET
+                   key_id = EXCLUDED.key_id, public_key = EXCLUDED.public_key, signature = EXCLUDED.signature",
+            )
+            .bind(aci.0)
+            .bind(device_param(device))
+            .bind(kind)
+            .bind(key_id as i32)
+            .bind(public_key)
+            .bind(&signature[..])
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn device_keys(&self, aci: Aci, only: Option<DeviceId>) -> StoreResult<Vec<DeviceKeys>> {
+        let rows = sqlx::query(
+            "SELECT d.device_id, d.registration_id,
+                    e.key_id AS ec_id, e.public_key AS ec_key, e.signature AS ec_sig,
+                    k.key_id AS kem_id, k.public_key AS kem_key, k.signature AS kem_sig
+             FROM devices d
+             JOIN signed_keys e ON e.aci = d.aci AND e.device_id = d.device_id AND e.kind = 1
+             JOIN signed_keys k ON k.aci = d.aci AND k.device_id = d.device_id AND k.kind = 2
+             WHERE d.aci = $1 AND ($2::INTEGER IS NULL OR d.device_id = $2)
+             ORDER BY d.device_id",
+        )
+        .bind(aci.0)
+        .bind(only.map(device_param))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                let kem: Vec<u8> = row.try_get("kem_key")?;
+                if kem.len() != KemPublicKey::LEN {
+                    return Err(StoreError::Corrupt("kem key"));
+                }
+                Ok(DeviceKeys {
+                    device: DeviceId(row.try_get::<i32, _>("device_id")? as u32),
+                    registration_id: registration_id(row.try_get("registration_id")?)?,
+                    signed_pre_key: SignedEcKey {
+                        key_id: row.try_get::<i32, _>("ec_id")? as u32,
+                        public_key: ec_key(&row.try_get::<Vec<u8>, _>("ec_key")?)?,
+                        signature: signature(&row.try_get::<Vec<u8>, _>("ec_sig")?)?,
+                    },
+                    pq_last_resort: SignedKemKey {
+                        key_id: row.try_get::<i32, _>("kem_id")? as u32,
+                        public_key: KemPublicKey(kem),
+                        signature: signature(&row.try_get::<Vec<u8>, _>("kem_sig")?)?,
+                    },
+                })
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Probe for Postgres {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+    async fn check(&self) -> StoreResult<()> {
+        self.ping().await
+    }
+}
+
+/// Redis: one-time prekey pools and rate-limit buckets.
+pub struct Redis {
+    pool: RedisPool,
+    prefix: String,
+    claim: Script,
+    replace: Script,
+    counts: Script,
+    take_token: Script,
+}
+
+/// Pops one key from each pool of a device in one round trip. Each LPOP is atomic, so a key is never
+/// returned to two callers, on one Redis or a cluster (both lists share the slot of their hash tag).
+const CLAIM_LUA: &str = r#"
+local ec = redis.call('LPOP', KEYS[1])
+local kem = redis.call('LPOP', KEYS[2])
+return {ec or '', kem or ''}
+"#;
+
+/// Replaces one pool with the given entries.
+const REPLACE_LUA: &str = r#"
+redis.call('DEL', KEYS[1])
+for i = 1, #ARGV, 500 do
+  redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + 499, #ARGV)))
+end
+return #ARGV
+"#;
+
+const COUNTS_LUA: &str = r#"
+return {redis.call('LLEN', KEYS[1]), redis.call('LLEN', KEYS[2])}
+"#;
+
+/// Token bucket: ARGV = capacity, refill per millisecond, expiry in ms. Returns 0 when a token was taken,
+/// else the milliseconds until one will be available. Uses the Redis clock so instances need not agree.
+const TAKE_TOKEN_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local cap = tonumber(ARGV[1])
+local rate = tonumber(ARGV[2])
+local state = redis.call('HMGET', KEYS[1], 't', 'at')
+local tokens = tonumber(state[1]) or cap
+local at = tonumber(state[2]) or now
+tokens = math.min(cap, tokens + math.max(0, now - at) * rate)
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 else wait = math.ceil((1 - tokens) / rate) end
+redis.call('HSET', KEYS[1], 't', tostring(tokens), 'at', tostring(now))
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return wait
+"#;
+
+impl Redis {
+    pub async fn connect(url: &str, prefix: &str) -> StoreResult<Self> {
+        let config = RedisConfig::from_url(url)?;
+        let pool = Builder::from_config(config)
+            .with_connection_config(|c| {
+                c.connection_timeout = Duration::from_secs(5);
+            })
+            .build_pool(2)?;
+        pool.init().await?;
+        Ok(Redis {
+            pool,
+            prefix: prefix.to_owned(),
+            claim: Script::from_lua(CLAIM_LUA),
+            replace: Script::from_lua(REPLACE_LUA),
+            counts: Script::from_lua(COUNTS_LUA),
+            take_token: Script::from_lua(TAKE_TOKEN_LUA),
+        })
+    }
+
+    fn pool_keys(&self, aci: Aci, device: DeviceId) -> Vec<String> {
+        let tag = format!("{}pk:{{{}.{}}}", self.prefix, aci, device);
+        vec![format!("{tag}:ec"), format!("{tag}:kem")]
+    }
+}
+
+fn encode_ec(key: &EcOneTimeKey) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + 33);
+    out.extend_from_slice(&key.key_id.to_be_bytes());
+    out.extend_from_slice(&key.public_key.0);
+    out
+}
+
+fn decode_ec(bytes: &[u8]) -> StoreResult<EcOneTimeKey> {
+    if bytes.len() != 4 + 33 {
+        return Err(StoreError::Corrupt("pooled ec key"));
+    }
+    Ok(EcOneTimeKey {
+        key_id: u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
+        public_key: ec_key(&bytes[4..])?,
+    })
+}
+
+fn encode_kem(key: &SignedKemKey) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + 64 + KemPublicKey::LEN);
+    out.extend_from_slice(&key.key_id.to_be_bytes());
+    out.extend_from_slice(&key.signature.0);
+    out.extend_from_slice(&key.public_key.0);
+    out
+}
+
+fn decode_kem(bytes: &[u8]) -> StoreResult<SignedKemKey> {
+    if bytes.len() != 4 + 64 + KemPublicKey::LEN {
+        return Err(StoreError::Corrupt("pooled kem key"));
+    }
+    Ok(SignedKemKey {
+        key_id: u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
+        signature: signature(&bytes[4..68])?,
+        public_key: KemPublicKey(bytes[68..].to_vec()),
+    })
+}
+
+fn bytes_of(value: &RedisValue) -> Option<&[u8]> {
+    match value {
+        RedisValue::Bytes(b) if !b.is_empty() => Some(b),
+        RedisValue::String(s) if !s.is_empty() => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl PreKeyPool for Redis {
+    async fn replace(
+        &self,
+        aci: Aci,
+        device: DeviceId,
+        ec: Option<&[EcOneTimeKey]>,
+        kem: Option<&[SignedKemKey]>,
+    ) -> StoreResult<()> {
+        let keys = self.pool_keys(aci, device);
+        let client = self.pool.next();
+        if let Some(ec) = ec {
+            let values: Vec<RedisValue> = ec.iter().map(|k| RedisValue::Bytes(encode_ec(k).into())).collect();
+            let _: i64 = self.replace.evalsha_with_reload(client, vec![keys[0].clone()], values).await?;
+        }
+        if let Some(kem) = kem {
+            let values: Vec<RedisValue> = kem.iter().map(|k| RedisValue::Bytes(encode_kem(k).into())).collect();
+            let _: i64 = self.replace.evalsha_with_reload(client, vec![keys[1].clone()], values).await?;
+        }
+        Ok(())
+    }
+
+    async fn counts(&self, aci: Aci, device: DeviceId) -> StoreResult<(u32, u32)> {
+        let counts: Vec<i64> =
+            self.counts.evalsha_with_reload(self.pool.next(), self.pool_keys(aci, device), ()).await?;
+        match counts.as_slice() {
+            [ec, kem] => Ok((*ec as u32, *kem as u32)),
+            _ => Err(StoreError::Corrupt("pool counts")),
+        }
+    }
+
+    async fn claim(&self, aci: Aci, device: DeviceId) -> StoreResult<(Option<EcOneTimeKey>, Option<SignedKemKey>)> {
+        let popped: Vec<RedisValue> =
+            self.claim.evalsha_with_reload(self.pool.next(), self.pool_keys(aci, device), ()).await?;
+        let [ec, kem] = popped.as_slice() else { return Err(StoreError::Corrupt("claim reply")) };
+        Ok((bytes_of(ec).map(decode_ec).transpose()?, bytes_of(kem).map(decode_kem).transpose()?))
+    }
+
+    async fn remove_device(&self, aci: Aci, device: DeviceId) -> StoreResult<()> {
+        // Separate DELs: in a cluster a multi-key DEL must stay in one slot, and these do, but one call
+        // per key keeps the command valid whatever the key layout becomes.
+        for key in self.pool_keys(aci, device) {
+            let _: i64 = self.pool.del(key).await?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl RateLimitStore for Redis {
+    async fn take(&self, bucket: &str, key: &[u8; 16], limit: &RateLimit) -> StoreResult<Result<(), Duration>> {
+        let mut name = format!("{}rl:{bucket}:", self.prefix);
+        for byte in key {
+            name.push_str(&format!("{byte:02x}"));
+        }
+        let per_ms = limit.refill_per_second() / 1000.0;
+        let ttl_ms = limit.period.as_millis().max(1000) as i64;
+        let wait: i64 = self
+            .take_token
+            .evalsha_with_reload(
+                self.pool.next(),
+                vec![name],
+                vec![limit.burst.to_string(), format!("{per_ms:.12}"), ttl_ms.to_string()],
+            )
+            .await?;
+        Ok(if wait <= 0 { Ok(()) } else { Err(Duration::from_millis(wait as u64)) })
+    }
+}
+
+#[async_trait]
+impl Probe for Redis {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+    async fn check(&self) -> StoreResult<()> {
+        let _: String = self.pool.next().ping(None).await?;
+        Ok(())
+    }
+}
