@@ -178,11 +178,11 @@ impl ConfigValue for RateLimit {
     }
     fn render(&self) -> String {
         let secs = self.period.as_secs();
-        let (n, unit) = if secs % 86_400 == 0 {
+        let (n, unit) = if secs.is_multiple_of(86_400) {
             (secs / 86_400, "d")
-        } else if secs % 3600 == 0 {
+        } else if secs.is_multiple_of(3600) {
             (secs / 3600, "h")
-        } else if secs % 60 == 0 {
+        } else if secs.is_multiple_of(60) {
             (secs / 60, "m")
         } else {
             (secs, "s")
@@ -317,10 +317,7 @@ pub struct Loaded {
 
 impl Config {
     /// Defaults, then the optional file, then the environment (`vars`), which wins.
-    pub fn load(
-        file: Option<&Path>,
-        vars: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Loaded, ConfigError> {
+    pub fn load(file: Option<&Path>, vars: impl IntoIterator<Item = (String, String)>) -> Result<Loaded, ConfigError> {
         let vars: BTreeMap<String, String> = vars.into_iter().collect();
         let mut config = Config::default();
         let mut sources: BTreeMap<&'static str, Source> =
@@ -344,12 +341,13 @@ impl Config {
                     toml::Value::Integer(i) => i.to_string(),
                     toml::Value::Boolean(b) => b.to_string(),
                     other => {
-                        return Err(ConfigError(format!("config file: field {key:?} has an unsupported value type ({})", other.type_str())));
+                        return Err(ConfigError(format!(
+                            "config file: field {key:?} has an unsupported value type ({})",
+                            other.type_str()
+                        )));
                     }
                 };
-                config
-                    .set(field.name, &raw)
-                    .map_err(|e| ConfigError(format!("config file: field {key}: {e}")))?;
+                config.set(field.name, &raw).map_err(|e| ConfigError(format!("config file: field {key}: {e}")))?;
                 sources.insert(field.name, Source::File);
             }
         }
@@ -371,7 +369,10 @@ impl Config {
             };
             if let Some(raw) = from_env {
                 if sources.get(field.name) == Some(&Source::File) {
-                    warnings.push(format!("{} from the environment overrides `{}` in the config file", field.env, field.name));
+                    warnings.push(format!(
+                        "{} from the environment overrides `{}` in the config file",
+                        field.env, field.name
+                    ));
                 }
                 config.set(field.name, &raw).map_err(|e| ConfigError(format!("{}: {e}", field.env)))?;
                 sources.insert(field.name, Source::Env);
@@ -387,7 +388,8 @@ impl Config {
             Backend::ScaleOut { .. } => {}
             Backend::Embedded { .. } if self.redis_url.is_some() => {
                 return Err(ConfigError(
-                    "SEALPOST_REDIS_URL is set but SEALPOST_DATABASE_URL is not postgres://; scale-out needs both".into(),
+                    "SEALPOST_REDIS_URL is set but SEALPOST_DATABASE_URL is not postgres://; scale-out needs both"
+                        .into(),
                 ));
             }
             Backend::Embedded { .. } => {}
@@ -419,14 +421,17 @@ impl Config {
             Backend::Embedded { database_url: db }
         } else if db.starts_with("postgres://") || db.starts_with("postgresql://") {
             match &self.redis_url {
-                Some(redis) if redis.starts_with("redis://")
-                    || redis.starts_with("rediss://")
-                    || redis.starts_with("redis-cluster://") =>
+                Some(redis)
+                    if redis.starts_with("redis://")
+                        || redis.starts_with("rediss://")
+                        || redis.starts_with("redis-cluster://") =>
                 {
                     Backend::ScaleOut { database_url: db, redis_url: redis.clone() }
                 }
                 Some(_) => Backend::Invalid("SEALPOST_REDIS_URL must start with redis:// or redis-cluster://".into()),
-                None => Backend::Invalid("SEALPOST_DATABASE_URL is postgres:// but SEALPOST_REDIS_URL is not set".into()),
+                None => {
+                    Backend::Invalid("SEALPOST_DATABASE_URL is postgres:// but SEALPOST_REDIS_URL is not set".into())
+                }
             }
         } else {
             Backend::Invalid("SEALPOST_DATABASE_URL must start with sqlite: or postgres://".into())

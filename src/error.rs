@@ -73,9 +73,18 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         use ApiError::*;
         match self {
-            MalformedJson(_) | InvalidBody(_) | UnknownField(_) | BadBase64(_) | InvalidKeyLength(_)
-            | InvalidKeyType(_) | InvalidRegistrationId | InvalidDeviceSecret | InvalidKeyId | TooManyKeys(_)
-            | DuplicateKeyId | InvalidPath => StatusCode::BAD_REQUEST,
+            MalformedJson(_)
+            | InvalidBody(_)
+            | UnknownField(_)
+            | BadBase64(_)
+            | InvalidKeyLength(_)
+            | InvalidKeyType(_)
+            | InvalidRegistrationId
+            | InvalidDeviceSecret
+            | InvalidKeyId
+            | TooManyKeys(_)
+            | DuplicateKeyId
+            | InvalidPath => StatusCode::BAD_REQUEST,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             InvalidSignature(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -136,8 +145,7 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        let mut response =
-            (self.status(), axum::Json(ErrorBody { code: self.code(), message })).into_response();
+        let mut response = (self.status(), axum::Json(ErrorBody { code: self.code(), message })).into_response();
         if let ApiError::RateLimited(retry) = &self {
             let secs = retry.as_secs() + u64::from(retry.subsec_nanos() > 0);
             if let Ok(value) = HeaderValue::from_str(&secs.max(1).to_string()) {

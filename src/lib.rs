@@ -88,7 +88,9 @@ pub async fn serve(
             metrics?;
         }
         Ok(_) => tracing::error!("a server task panicked"),
-        Err(_) => tracing::warn!(grace_seconds = grace.as_secs(), "open connections outlived the shutdown grace period"),
+        Err(_) => {
+            tracing::warn!(grace_seconds = grace.as_secs(), "open connections outlived the shutdown grace period")
+        }
     }
     Ok(())
 }

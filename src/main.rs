@@ -102,7 +102,8 @@ async fn run(command: Command, loaded: Loaded) -> Result<(), Box<dyn std::error:
             if markdown {
                 println!("| variable | default | meaning |\n| --- | --- | --- |");
                 for field in Config::fields() {
-                    let secret = if field.secret { format!(" Secret: also `{}_FILE`.", field.env) } else { String::new() };
+                    let secret =
+                        if field.secret { format!(" Secret: also `{}_FILE`.", field.env) } else { String::new() };
                     println!("| `{}` | `{}` | {}{} |", field.env, field.default, field.doc, secret);
                 }
             } else {

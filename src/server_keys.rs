@@ -219,9 +219,12 @@ mod tests {
         let keys = ServerKeys::load(&config).unwrap();
         // A token signed with the loaded key verifies with the derived public key.
         let claims = serde_json::json!({"sub": "x", "exp": 4_000_000_000u64});
-        let token =
-            jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA), &claims, &keys.jwt_encoding)
-                .unwrap();
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA),
+            &claims,
+            &keys.jwt_encoding,
+        )
+        .unwrap();
         let validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
         jsonwebtoken::decode::<serde_json::Value>(&token, &keys.jwt_decoding, &validation).unwrap();
         assert_eq!(keys.trust_root_public_b64().len(), 44);

@@ -59,9 +59,7 @@ async fn register(
     let identity_key = EcPublicKey::from_b64("identityKey", &req.identity_key)?;
     let registration_id = RegistrationId::new(req.registration_id)?;
     let secret = DeviceSecret::from_b64(&req.device_secret)?;
-    app.limiter
-        .check("registration_ip", ip.0.to_string().as_bytes(), &app.config.limit_registration_per_ip)
-        .await?;
+    app.limiter.check("registration_ip", ip.0.to_string().as_bytes(), &app.config.limit_registration_per_ip).await?;
     let invite = match (app.config.registration_policy, req.invite_code.as_deref()) {
         (RegistrationPolicy::Invite, None) => return Err(ApiError::InviteRequired),
         (RegistrationPolicy::Invite, Some(code)) => Some(sha256(code.trim().as_bytes())),
@@ -209,11 +207,8 @@ async fn set_attributes(
     authed: AuthedDevice,
     Json(req): Json<AttributesRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let key = req
-        .unidentified_access_key
-        .as_deref()
-        .map(|k| AccessKey::from_b64("unidentifiedAccessKey", k))
-        .transpose()?;
+    let key =
+        req.unidentified_access_key.as_deref().map(|k| AccessKey::from_b64("unidentifiedAccessKey", k)).transpose()?;
     app.storage.accounts.set_access(authed.aci, key, req.unrestricted_unidentified_access).await?;
     Ok(StatusCode::NO_CONTENT)
 }

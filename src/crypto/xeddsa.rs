@@ -33,7 +33,8 @@ pub fn verify(public_key: &[u8; 32], message: &[u8], signature: &[u8; 64]) -> bo
     hash.update(compressed_a.as_bytes());
     hash.update(message);
     let h = Scalar::from_hash(hash);
-    let check = EdwardsPoint::vartime_double_scalar_mul_basepoint(&h, &-edwards, &Scalar::from_bytes_mod_order(s_bytes));
+    let check =
+        EdwardsPoint::vartime_double_scalar_mul_basepoint(&h, &-edwards, &Scalar::from_bytes_mod_order(s_bytes));
     bool::from(check.compress().as_bytes().ct_eq(&r_bytes))
 }
 

@@ -286,9 +286,7 @@ async fn fetch(
         }
     }
     let Some(account) = account.filter(|a| a.approved) else { return Err(not_found) };
-    app.limiter
-        .check("prekey_fetch_target", target.0.as_bytes(), &app.config.limit_prekey_fetch_per_target)
-        .await?;
+    app.limiter.check("prekey_fetch_target", target.0.as_bytes(), &app.config.limit_prekey_fetch_per_target).await?;
 
     let devices = app.storage.keys.device_keys(target, only).await?;
     if devices.is_empty() {

@@ -90,6 +90,44 @@ fn registration_id(value: i64) -> StoreResult<RegistrationId> {
     RegistrationId::new(value).map_err(|_| StoreError::Corrupt("registration id"))
 }
 
+async fn add_device_locked(
+    conn: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    aci: Aci,
+    device: &NewDevice,
+    max_devices: u32,
+) -> StoreResult<Result<DeviceId, AddDeviceError>> {
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "SELECT d.device_id FROM accounts a JOIN devices d ON d.aci = a.aci WHERE a.aci = ? ORDER BY d.device_id",
+    )
+    .bind(aci_text(aci))
+    .fetch_all(&mut **conn)
+    .await?;
+    if ids.is_empty() {
+        return Ok(Err(AddDeviceError::NoAccount));
+    }
+    if ids.len() >= max_devices as usize {
+        return Ok(Err(AddDeviceError::TooManyDevices));
+    }
+    let Some(id) = (2..=i64::from(DeviceId::MAX)).find(|n| !ids.contains(n)) else {
+        return Ok(Err(AddDeviceError::TooManyDevices));
+    };
+    sqlx::query(
+        "INSERT INTO devices (aci, device_id, registration_id, secret_salt, secret_hash, name, created_at, last_seen_day)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(aci_text(aci))
+    .bind(id)
+    .bind(i64::from(device.registration_id.0))
+    .bind(&device.secret_salt[..])
+    .bind(&device.secret_hash[..])
+    .bind(device.name.as_deref())
+    .bind(device.created_at)
+    .bind(crate::domain::round_to_day(device.created_at))
+    .execute(&mut **conn)
+    .await?;
+    Ok(Ok(DeviceId(id as u32)))
+}
+
 #[async_trait]
 impl AccountStore for Sqlite {
     async fn create_account(
@@ -142,6 +180,21 @@ impl AccountStore for Sqlite {
         Ok(())
     }
 
+    async fn add_device(
+        &self,
+        aci: Aci,
+        device: &NewDevice,
+        max_devices: u32,
+    ) -> StoreResult<Result<DeviceId, AddDeviceError>> {
+        // BEGIN IMMEDIATE takes the write lock before reading, so the count cannot change under us.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let result = add_device_locked(&mut tx, aci, device, max_devices).await?;
+        if result.is_ok() {
+            tx.commit().await?;
+        }
+        Ok(result)
+    }
+
     async fn approve(&self, aci: Aci) -> StoreResult<bool> {
         let done = sqlx::query("UPDATE accounts SET approved = 1 WHERE aci = ?")
             .bind(aci_text(aci))
@@ -151,19 +204,20 @@ impl AccountStore for Sqlite {
     }
 
     async fn account(&self, aci: Aci) -> StoreResult<Option<Account>> {
-        let row = sqlx::query(
-            "SELECT identity_key, access_key, unrestricted_access, approved FROM accounts WHERE aci = ?",
-        )
-        .bind(aci_text(aci))
-        .fetch_optional(&self.pool)
-        .await?;
+        let row =
+            sqlx::query("SELECT identity_key, access_key, unrestricted_access, approved FROM accounts WHERE aci = ?")
+                .bind(aci_text(aci))
+                .fetch_optional(&self.pool)
+                .await?;
         let Some(row) = row else { return Ok(None) };
         let access: Option<Vec<u8>> = row.try_get("access_key")?;
         Ok(Some(Account {
             aci,
             identity_key: ec_key(row.try_get::<Vec<u8>, _>("identity_key")?.as_slice())?,
             access_key: match access {
-                Some(bytes) => Some(AccessKey(bytes.as_slice().try_into().map_err(|_| StoreError::Corrupt("access key"))?)),
+                Some(bytes) => {
+                    Some(AccessKey(bytes.as_slice().try_into().map_err(|_| StoreError::Corrupt("access key"))?))
+                }
                 None => None,
             },
             unrestricted_access: row.try_get("unrestricted_access")?,
@@ -455,8 +509,13 @@ impl Probe for Sqlite {
 /// awaits, so an async mutex would only add overhead.
 #[derive(Default)]
 pub struct MemoryLimits {
-    buckets: Mutex<HashMap<(String, [u8; 16]), (f64, Instant)>>,
+    buckets: Mutex<HashMap<BucketKey, Bucket>>,
 }
+
+/// Bucket name and pseudonymous key.
+type BucketKey = (String, [u8; 16]);
+/// Tokens left and when they were counted.
+type Bucket = (f64, Instant);
 
 /// Above this many buckets, full (idle) ones are dropped so memory stays bounded.
 const MAX_BUCKETS: usize = 100_000;

@@ -52,6 +52,22 @@ pub enum CreateAccountError {
     InvalidInvite,
 }
 
+/// A device being linked to an existing account.
+pub struct NewDevice {
+    pub registration_id: RegistrationId,
+    pub secret_salt: [u8; 16],
+    pub secret_hash: [u8; 32],
+    /// Client-encrypted device name; opaque to the server.
+    pub name: Option<Vec<u8>>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum AddDeviceError {
+    NoAccount,
+    TooManyDevices,
+}
+
 /// The parts of an account other capabilities read.
 #[derive(Debug, Clone)]
 pub struct Account {
@@ -91,6 +107,14 @@ pub trait AccountStore: Send + Sync {
         now: i64,
     ) -> StoreResult<Result<(), CreateAccountError>>;
     async fn create_invite(&self, code_hash: [u8; 32], expires_at: i64) -> StoreResult<()>;
+    /// Adds a device with the smallest free id, unless the account already has `max_devices`; serialised
+    /// per account so two concurrent links cannot both take the last place.
+    async fn add_device(
+        &self,
+        aci: Aci,
+        device: &NewDevice,
+        max_devices: u32,
+    ) -> StoreResult<Result<DeviceId, AddDeviceError>>;
     /// Marks an account approved; false when there is no such account.
     async fn approve(&self, aci: Aci) -> StoreResult<bool>;
     async fn account(&self, aci: Aci) -> StoreResult<Option<Account>>;
@@ -209,9 +233,7 @@ impl Storage {
     pub async fn connect(config: &Config) -> StoreResult<Storage> {
         match config.backend() {
             Backend::Embedded { database_url } => embedded::connect(config, &database_url).await,
-            Backend::ScaleOut { database_url, redis_url } => {
-                scaleout::connect(config, &database_url, &redis_url).await
-            }
+            Backend::ScaleOut { database_url, redis_url } => scaleout::connect(config, &database_url, &redis_url).await,
             Backend::Invalid(reason) => Err(StoreError::Migration(reason)),
         }
     }

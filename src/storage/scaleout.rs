@@ -144,25 +144,68 @@ impl AccountStore for Postgres {
         Ok(())
     }
 
+    async fn add_device(
+        &self,
+        aci: Aci,
+        device: &NewDevice,
+        max_devices: u32,
+    ) -> StoreResult<Result<DeviceId, AddDeviceError>> {
+        let mut tx = self.pool.begin().await?;
+        // Locking the account row serialises concurrent links of one account.
+        let locked: Option<i32> = sqlx::query_scalar("SELECT 1 FROM accounts WHERE aci = $1 FOR UPDATE")
+            .bind(aci.0)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if locked.is_none() {
+            return Ok(Err(AddDeviceError::NoAccount));
+        }
+        let ids: Vec<i32> =
+            sqlx::query_scalar("SELECT device_id FROM devices WHERE aci = $1").bind(aci.0).fetch_all(&mut *tx).await?;
+        if ids.len() >= max_devices as usize {
+            return Ok(Err(AddDeviceError::TooManyDevices));
+        }
+        let Some(id) = (2..=DeviceId::MAX as i32).find(|n| !ids.contains(n)) else {
+            return Ok(Err(AddDeviceError::TooManyDevices));
+        };
+        sqlx::query(
+            "INSERT INTO devices (aci, device_id, registration_id, secret_salt, secret_hash, name, created_at, last_seen_day)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(aci.0)
+        .bind(id)
+        .bind(i32::from(device.registration_id.0))
+        .bind(&device.secret_salt[..])
+        .bind(&device.secret_hash[..])
+        .bind(device.name.as_deref())
+        .bind(device.created_at)
+        .bind(crate::domain::round_to_day(device.created_at))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Ok(DeviceId(id as u32)))
+    }
+
     async fn approve(&self, aci: Aci) -> StoreResult<bool> {
-        let done = sqlx::query("UPDATE accounts SET approved = TRUE WHERE aci = $1").bind(aci.0).execute(&self.pool).await?;
+        let done =
+            sqlx::query("UPDATE accounts SET approved = TRUE WHERE aci = $1").bind(aci.0).execute(&self.pool).await?;
         Ok(done.rows_affected() == 1)
     }
 
     async fn account(&self, aci: Aci) -> StoreResult<Option<Account>> {
-        let row = sqlx::query(
-            "SELECT identity_key, access_key, unrestricted_access, approved FROM accounts WHERE aci = $1",
-        )
-        .bind(aci.0)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row =
+            sqlx::query("SELECT identity_key, access_key, unrestricted_access, approved FROM accounts WHERE aci = $1")
+                .bind(aci.0)
+                .fetch_optional(&self.pool)
+                .await?;
         let Some(row) = row else { return Ok(None) };
         let access: Option<Vec<u8>> = row.try_get("access_key")?;
         Ok(Some(Account {
             aci,
             identity_key: ec_key(&row.try_get::<Vec<u8>, _>("identity_key")?)?,
             access_key: match access {
-                Some(bytes) => Some(AccessKey(bytes.as_slice().try_into().map_err(|_| StoreError::Corrupt("access key"))?)),
+                Some(bytes) => {
+                    Some(AccessKey(bytes.as_slice().try_into().map_err(|_| StoreError::Corrupt("access key"))?))
+                }
                 None => None,
             },
             unrestricted_access: row.try_get("unrestricted_access")?,

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# The whole test suite: Rust unit and behaviour tests on both backends (embedded SQLite; Postgres + Redis),
+# then the real-client tests with the official libsignal under Node.
+#
+# Postgres and Redis: uses SEALPOST_TEST_DATABASE_URL / SEALPOST_TEST_REDIS_URL (default: the local ones).
+# When one is unreachable, starts a throwaway instance from the installed binaries in a temp dir and stops it
+# afterwards; when the binaries are missing, fails with the line that installs them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '==> %s\n' "$*" >&2; }
+fail() { printf 'FAILED: %s\n' "$*" >&2; exit 1; }
+
+DB_URL="${SEALPOST_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}"
+REDIS_URL="${SEALPOST_TEST_REDIS_URL:-redis://127.0.0.1:6379}"
+SCRATCH="$(mktemp -d -t sealpost-test.XXXXXX)"
+CLEANUP=()
+cleanup() {
+    for ((i = ${#CLEANUP[@]} - 1; i >= 0; i--)); do eval "${CLEANUP[$i]}" || true; done
+    rm -rf "$SCRATCH"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+postgres_up() { command -v psql >/dev/null && psql "$1" -Atqc 'SELECT 1' >/dev/null 2>&1; }
+redis_up() { command -v redis-cli >/dev/null && [ "$(redis-cli -u "$1" ping 2>/dev/null)" = "PONG" ]; }
+
+find_pg_bin() {
+    local name="$1" dir
+    if command -v "$name" >/dev/null; then command -v "$name"; return; fi
+    for dir in /usr/lib/postgresql/*/bin; do
+        [ -x "$dir/$name" ] && { echo "$dir/$name"; return; }
+    done
+    return 1
+}
+
+if ! postgres_up "$DB_URL"; then
+    command -v psql >/dev/null || fail "psql is missing; install with: apt-get install -y postgresql postgresql-client"
+    INITDB="$(find_pg_bin initdb)" && PG_CTL="$(find_pg_bin pg_ctl)" ||
+        fail "Postgres is not reachable at $DB_URL and initdb/pg_ctl are not installed; install with: apt-get install -y postgresql"
+    port="$(free_port)"
+    data="$SCRATCH/pg"
+    mkdir -p "$data"
+    as_owner=()
+    if [ "$(id -u)" = 0 ]; then
+        # Postgres refuses to run as root: run it as the postgres (or nobody) user.
+        owner=postgres; id postgres >/dev/null 2>&1 || owner=nobody
+        chown "$owner" "$SCRATCH" "$data"; chmod 755 "$SCRATCH"
+        as_owner=(runuser -u "$owner" --)
+    fi
+    log "Postgres not reachable at $DB_URL; starting a throwaway one on port $port"
+    "${as_owner[@]}" "$INITDB" -D "$data" -U postgres --auth=trust >"$SCRATCH/initdb.log" 2>&1 ||
+        { cat "$SCRATCH/initdb.log" >&2; fail "initdb failed"; }
+    "${as_owner[@]}" "$PG_CTL" -D "$data" -l "$SCRATCH/pg.log" -w \
+        -o "-p $port -k $SCRATCH -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null ||
+        { cat "$SCRATCH/pg.log" >&2; fail "Postgres did not start"; }
+    CLEANUP+=("${as_owner[*]} $PG_CTL -D $data -m immediate stop >/dev/null")
+    psql "postgres://postgres@127.0.0.1:$port/postgres" -qc 'CREATE DATABASE test' >/dev/null
+    DB_URL="postgres://postgres@127.0.0.1:$port/test"
+fi
+
+if ! redis_up "$REDIS_URL"; then
+    command -v redis-server >/dev/null && command -v redis-cli >/dev/null ||
+        fail "Redis is not reachable at $REDIS_URL and redis-server is not installed; install with: apt-get install -y redis-server"
+    port="$(free_port)"
+    log "Redis not reachable at $REDIS_URL; starting a throwaway one on port $port"
+    redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
+        --pidfile "$SCRATCH/redis.pid" --logfile "$SCRATCH/redis.log" --dir "$SCRATCH" >/dev/null
+    CLEANUP+=("redis-cli -p $port shutdown nosave >/dev/null 2>&1")
+    for _ in $(seq 50); do redis_up "redis://127.0.0.1:$port" && break; sleep 0.1; done
+    REDIS_URL="redis://127.0.0.1:$port"
+    redis_up "$REDIS_URL" || fail "Redis did not start (see $SCRATCH/redis.log)"
+fi
+export SEALPOST_TEST_DATABASE_URL="$DB_URL" SEALPOST_TEST_REDIS_URL="$REDIS_URL"
+
+command -v node >/dev/null && command -v npm >/dev/null ||
+    fail "Node.js is missing; install with: apt-get install -y nodejs npm"
+log "installing the Node test client's locked dependencies"
+(cd tests/client && npm ci --no-audit --no-fund --loglevel=error)
+
+log "Rust tests (unit, behaviour suite on embedded and scale-out)"
+cargo build --bins
+cargo test --all-targets
+
+log "real-client tests (official libsignal under Node) on both backends"
+SEALPOST_BIN="$PWD/target/debug/sealpost" npm --prefix tests/client test
+
+# The Node tests leave their own schemas behind; drop them so the test database does not grow.
+psql "$DB_URL" -Atqc "SELECT 'DROP SCHEMA \"' || nspname || '\" CASCADE;' FROM pg_namespace WHERE nspname LIKE 'node\_%'" |
+    psql "$DB_URL" -q >/dev/null 2>&1 || true
+log "all tests passed"

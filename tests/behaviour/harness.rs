@@ -1,0 +1,369 @@
+//! Starts the real server on `127.0.0.1:0` against a chosen backend, and talks to it over a real socket.
+//!
+//! Embedded: a fresh data directory (SQLite file) per test. Scale-out: the Postgres and Redis named by
+//! `SEALPOST_TEST_DATABASE_URL` / `SEALPOST_TEST_REDIS_URL` (default: the local ones), with a schema and a
+//! key prefix of the test's own, removed again by [`TestServer::stop`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use fred::prelude::{ClientLike, LuaInterface};
+use reqwest::{Method, StatusCode, header::HeaderMap};
+use sealpost::config::{Config, ConfigValue, RateLimit};
+use sealpost::crypto::xeddsa::KeyPair;
+use sealpost::http::App;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Embedded,
+    ScaleOut,
+}
+
+pub fn database_url() -> String {
+    std::env::var("SEALPOST_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("SEALPOST_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+pub fn limit(text: &str) -> RateLimit {
+    RateLimit::parse_value(text).expect("valid limit")
+}
+
+/// A configuration for a test: its own data dir, schema and prefix, limits high enough not to interfere.
+pub fn test_config(backend: Backend) -> Config {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let mut config = Config {
+        data_dir: std::env::temp_dir().join(format!("sealpost-test-{id}")),
+        listen: "127.0.0.1:0".parse().expect("address"),
+        metrics_listen: "127.0.0.1:0".parse().expect("address"),
+        limit_registration_per_ip: limit("100000/1m"),
+        limit_auth_per_ip: limit("100000/1m"),
+        limit_prekey_fetch_per_requester: limit("100000/1m"),
+        limit_prekey_fetch_per_target: limit("100000/1m"),
+        shutdown_grace_seconds: 2,
+        ..Config::default()
+    };
+    if backend == Backend::ScaleOut {
+        config.database_url = Some(database_url());
+        config.database_schema = Some(format!("t_{id}"));
+        config.redis_url = Some(redis_url());
+        config.redis_key_prefix = format!("t_{id}:");
+        config.database_max_connections = 8;
+    }
+    config
+}
+
+pub struct TestServer {
+    pub base: String,
+    pub metrics_base: String,
+    pub app: Arc<App>,
+    pub http: reqwest::Client,
+    pub config: Config,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+pub async fn start(backend: Backend) -> TestServer {
+    start_with(backend, |_| {}).await
+}
+
+pub async fn start_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> TestServer {
+    let mut config = test_config(backend);
+    tweak(&mut config);
+    start_config(config).await
+}
+
+pub async fn start_config(config: Config) -> TestServer {
+    let app = match sealpost::build_app(config.clone()).await {
+        Ok(app) => app,
+        Err(err) => panic!(
+            "cannot start sealpost ({err}); for scale-out tests Postgres and Redis must be reachable at \
+             SEALPOST_TEST_DATABASE_URL / SEALPOST_TEST_REDIS_URL (scripts/test.sh starts throwaway ones)"
+        ),
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen).await.expect("bind api");
+    let metrics_listener = tokio::net::TcpListener::bind(config.metrics_listen).await.expect("bind metrics");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let metrics_base = format!("http://{}", metrics_listener.local_addr().expect("addr"));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(sealpost::serve(app.clone(), listener, metrics_listener, async move {
+        let _ = stopped.await;
+    }));
+    let http = reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("client");
+    TestServer { base, metrics_base, app, http, config, stop: Some(stop), task: Some(task) }
+}
+
+/// A response as the tests look at it.
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn code(&self) -> &str {
+        self.body["code"].as_str().unwrap_or("")
+    }
+
+    #[track_caller]
+    pub fn expect(self, status: u16) -> Value {
+        assert_eq!(self.status.as_u16(), status, "unexpected status; body {}", self.body);
+        self.body
+    }
+
+    #[track_caller]
+    pub fn expect_error(&self, status: u16, code: &str) {
+        assert_eq!(self.status.as_u16(), status, "unexpected status; body {}", self.body);
+        assert_eq!(self.code(), code, "unexpected error code; body {}", self.body);
+        assert!(self.body["message"].is_string(), "error body lacks a message: {}", self.body);
+    }
+}
+
+pub enum Auth<'a> {
+    None,
+    Bearer(&'a str),
+    AccessKey(&'a [u8; 16]),
+    Header(&'a str, &'a str),
+}
+
+impl TestServer {
+    pub async fn call(&self, method: Method, path: &str, auth: Auth<'_>, body: Option<Value>) -> Reply {
+        let mut request = self.http.request(method, format!("{}{}", self.base, path));
+        request = match auth {
+            Auth::None => request,
+            Auth::Bearer(token) => request.bearer_auth(token),
+            Auth::AccessKey(key) => request.header("Unidentified-Access-Key", STANDARD.encode(key)),
+            Auth::Header(name, value) => request.header(name, value),
+        };
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request reaches the server");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.expect("body");
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| panic!("non-JSON body: {}", String::from_utf8_lossy(&bytes)))
+        };
+        Reply { status, headers, body }
+    }
+
+    pub async fn get(&self, path: &str, auth: Auth<'_>) -> Reply {
+        self.call(Method::GET, path, auth, None).await
+    }
+
+    pub async fn post(&self, path: &str, auth: Auth<'_>, body: Value) -> Reply {
+        self.call(Method::POST, path, auth, Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, auth: Auth<'_>, body: Value) -> Reply {
+        self.call(Method::PUT, path, auth, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str, auth: Auth<'_>) -> Reply {
+        self.call(Method::DELETE, path, auth, None).await
+    }
+
+    /// Sends raw bytes with a content type, for malformed-input tests.
+    pub async fn raw(&self, method: Method, path: &str, content_type: &str, body: Vec<u8>) -> Reply {
+        let response = self
+            .http
+            .request(method, format!("{}{}", self.base, path))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("request reaches the server");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.json().await.unwrap_or(Value::Null);
+        Reply { status, headers, body }
+    }
+
+    /// Registers a new account with a fresh identity and returns it with a token.
+    pub async fn register(&self) -> User {
+        let identity = KeyPair::generate();
+        let secret: [u8; 32] = sealpost::crypto::random_bytes();
+        let registration_id = 1 + (u16::from_be_bytes(sealpost::crypto::random_bytes()) % 16380);
+        let body = self
+            .post(
+                "/v1/accounts",
+                Auth::None,
+                json!({
+                    "identityKey": STANDARD.encode(identity.public_serialized()),
+                    "registrationId": registration_id,
+                    "deviceSecret": STANDARD.encode(secret),
+                }),
+            )
+            .await
+            .expect(201);
+        let aci = body["aci"].as_str().expect("aci").to_owned();
+        assert_eq!(body["deviceId"], 1);
+        let mut user =
+            User { aci, device_id: 1, secret: secret.to_vec(), identity, registration_id, token: String::new() };
+        user.token = self.token(&user).await;
+        user
+    }
+
+    pub async fn token(&self, user: &User) -> String {
+        let body = self.token_reply(&user.aci, user.device_id, &user.secret).await.expect(200);
+        assert!(body["expiresIn"].as_u64().is_some_and(|s| s > 0));
+        body["token"].as_str().expect("token").to_owned()
+    }
+
+    pub async fn token_reply(&self, aci: &str, device: u32, secret: &[u8]) -> Reply {
+        let basic = STANDARD.encode(format!("{aci}.{device}:{}", STANDARD.encode(secret)));
+        let header = format!("Basic {basic}");
+        self.call(Method::POST, "/v1/auth/token", Auth::Header("authorization", &header), None).await
+    }
+
+    /// Adds a device to the user's account straight through storage (the linking flow is tested apart).
+    pub async fn add_device(&self, user: &User, registration_id: u16) -> User {
+        let secret: [u8; 32] = sealpost::crypto::random_bytes();
+        let salt = sealpost::crypto::new_salt();
+        let device = sealpost::storage::NewDevice {
+            registration_id: sealpost::domain::RegistrationId(registration_id),
+            secret_salt: salt,
+            secret_hash: sealpost::crypto::hash_secret(&salt, &secret),
+            name: None,
+            created_at: sealpost::domain::now_millis(),
+        };
+        let aci = sealpost::domain::Aci::parse(&user.aci).expect("aci");
+        let id = self
+            .app
+            .storage
+            .accounts
+            .add_device(aci, &device, self.config.max_devices)
+            .await
+            .expect("storage")
+            .expect("device added");
+        let mut linked = User {
+            aci: user.aci.clone(),
+            device_id: id.0,
+            secret: secret.to_vec(),
+            identity: user.identity.clone(),
+            registration_id,
+            token: String::new(),
+        };
+        linked.token = self.token(&linked).await;
+        linked
+    }
+
+    /// Stops the server and removes the test's schema, keys and data directory.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task").expect("server stopped cleanly");
+        }
+        if let Some(schema) = &self.config.database_schema {
+            drop_schema(schema).await;
+        }
+        if self.config.redis_url.is_some() {
+            delete_prefix(&self.config.redis_key_prefix).await;
+        }
+        let _ = std::fs::remove_dir_all(&self.config.data_dir);
+    }
+}
+
+pub async fn drop_schema(schema: &str) {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&database_url()).await.expect("postgres for cleanup");
+    sqlx::raw_sql(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+        .execute(&mut conn)
+        .await
+        .expect("drop schema");
+}
+
+pub async fn delete_prefix(prefix: &str) {
+    let client = fred::prelude::Builder::from_config(fred::prelude::Config::from_url(&redis_url()).expect("redis url"))
+        .build()
+        .expect("redis client");
+    client.init().await.expect("redis for cleanup");
+    // Test-only: KEYS is fine on a small, single-node test Redis.
+    let script =
+        "local keys = redis.call('KEYS', ARGV[1]) for _, k in ipairs(keys) do redis.call('DEL', k) end return #keys";
+    let _: Result<i64, _> = client.eval(script, Vec::<String>::new(), vec![format!("{prefix}*")]).await;
+    let _ = client.quit().await;
+}
+
+/// A registered device as a test client holds it.
+#[derive(Clone)]
+pub struct User {
+    pub aci: String,
+    pub device_id: u32,
+    pub secret: Vec<u8>,
+    pub identity: KeyPair,
+    pub registration_id: u16,
+    pub token: String,
+}
+
+impl User {
+    pub fn bearer(&self) -> Auth<'_> {
+        Auth::Bearer(&self.token)
+    }
+}
+
+/// A fresh EC public key (libsignal form) signed by `identity`.
+pub fn signed_ec(identity: &KeyPair, key_id: u32) -> Value {
+    let key = KeyPair::generate().public_serialized();
+    json!({"keyId": key_id, "publicKey": STANDARD.encode(key), "signature": STANDARD.encode(identity.sign(&key))})
+}
+
+pub fn kem_public() -> Vec<u8> {
+    let mut key = vec![0x08u8];
+    key.extend_from_slice(&sealpost::crypto::random_bytes::<1568>());
+    key
+}
+
+/// A Kyber-1024-shaped public key signed by `identity` (the server checks form and signature, not the lattice).
+pub fn signed_kem(identity: &KeyPair, key_id: u32) -> Value {
+    let key = kem_public();
+    json!({"keyId": key_id, "publicKey": STANDARD.encode(&key), "signature": STANDARD.encode(identity.sign(&key))})
+}
+
+pub fn one_time_ec(key_id: u32) -> Value {
+    json!({"keyId": key_id, "publicKey": STANDARD.encode(KeyPair::generate().public_serialized())})
+}
+
+/// A full upload: signed prekey 1, last-resort 1, and `n` one-time keys of each kind (ids 1..=n).
+pub fn full_upload(identity: &KeyPair, n: u32) -> Value {
+    json!({
+        "signedPreKey": signed_ec(identity, 1),
+        "pqLastResortPreKey": signed_kem(identity, 1),
+        "preKeys": (1..=n).map(one_time_ec).collect::<Vec<_>>(),
+        "pqPreKeys": (1..=n).map(|id| signed_kem(identity, 1000 + id)).collect::<Vec<_>>(),
+    })
+}
+
+#[allow(dead_code)]
+pub fn temp_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("sealpost-test-{}", uuid::Uuid::new_v4().simple()))
+}
+
+/// Runs a test body once per backend, each as its own `#[tokio::test]`.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded() {
+                super::$name($crate::harness::Backend::Embedded).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn scale_out() {
+                super::$name($crate::harness::Backend::ScaleOut).await
+            }
+        }
+    )*};
+}

@@ -1,0 +1,8 @@
+//! The behaviour suite: every test runs against the embedded and the scale-out backend.
+
+mod harness;
+
+mod accounts;
+mod keys;
+mod operations;
+mod processes;

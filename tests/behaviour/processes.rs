@@ -1,0 +1,265 @@
+//! The real binary: start-up of several replicas, the CLI, the embedded default.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use sqlx::Connection;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::harness::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sealpost");
+
+/// A running `sealpost serve` and its API address.
+struct Process {
+    child: Child,
+    base: String,
+}
+
+async fn spawn_server(envs: &[(&str, String)]) -> Process {
+    let mut command = Command::new(BIN);
+    command
+        .arg("serve")
+        .env_clear()
+        .env("SEALPOST_LISTEN", "127.0.0.1:0")
+        .env("SEALPOST_METRICS_LISTEN", "127.0.0.1:0")
+        .env("SEALPOST_LOG_FORMAT", "text")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (key, value) in envs {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().expect("spawn sealpost");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut seen = Vec::new();
+    let base = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                return rest.split_whitespace().next().map(str::to_owned);
+            }
+            seen.push(line);
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+    .unwrap_or_else(|| panic!("server did not start; output so far: {seen:?}"));
+    // Keep draining so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Process { child, base }
+}
+
+async fn run_cli(args: &[&str], envs: &[(&str, String)]) -> (bool, String) {
+    let mut command = Command::new(BIN);
+    command.args(args).env_clear();
+    for (key, value) in envs {
+        command.env(key, value);
+    }
+    let output = command.output().await.expect("run sealpost");
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_start_together_and_share_postgres() {
+    let dir = temp_dir();
+    let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let prefix = format!("{schema}:");
+    let envs = vec![
+        ("SEALPOST_DATA_DIR", dir.display().to_string()),
+        ("SEALPOST_DATABASE_URL", database_url()),
+        ("SEALPOST_DATABASE_SCHEMA", schema.clone()),
+        ("SEALPOST_REDIS_URL", redis_url()),
+        ("SEALPOST_REDIS_KEY_PREFIX", prefix.clone()),
+    ];
+    // Replicas share their keys (one data directory or secret mount), made once.
+    let (ok, out) = run_cli(&["keygen"], &envs).await;
+    assert!(ok, "{out}");
+    assert!(out.contains("trust root public key"), "{out}");
+
+    // Both start at the same moment against an empty schema: the migration lock lets one migrate.
+    let (mut a, mut b) = tokio::join!(spawn_server(&envs), spawn_server(&envs));
+    let http = reqwest::Client::new();
+    let server_a = Remote { base: a.base.clone(), http: http.clone() };
+    let server_b = Remote { base: b.base.clone(), http };
+    let (aci, secret) = server_a.register().await;
+    let token = server_b.token(&aci, &secret).await;
+    let devices = server_a.devices(&token).await;
+    assert_eq!(devices, 200);
+
+    let mut conn = sqlx::PgConnection::connect(&database_url()).await.expect("postgres");
+    let stored: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM \"{schema}\".accounts WHERE aci = $1::uuid"))
+        .bind(&aci)
+        .fetch_one(&mut conn)
+        .await
+        .expect("query");
+    assert_eq!(stored, 1, "the account is in Postgres");
+    let migrations: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM \"{schema}\".sealpost_migrations"))
+        .fetch_one(&mut conn)
+        .await
+        .expect("query");
+    let distinct: i64 =
+        sqlx::query_scalar(&format!("SELECT count(DISTINCT version) FROM \"{schema}\".sealpost_migrations"))
+            .fetch_one(&mut conn)
+            .await
+            .expect("query");
+    assert_eq!(migrations, distinct, "every migration applied once");
+    assert!(migrations >= 2);
+
+    a.child.kill().await.expect("kill");
+    b.child.kill().await.expect("kill");
+    drop_schema(&schema).await;
+    delete_prefix(&prefix).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_default_needs_no_configuration() {
+    let dir = temp_dir();
+    std::fs::create_dir_all(&dir).expect("dir");
+    // No data dir given: the server creates ./data under its working directory.
+    let mut command = Command::new(BIN);
+    command
+        .arg("serve")
+        .current_dir(&dir)
+        .env_clear()
+        .env("SEALPOST_LISTEN", "127.0.0.1:0")
+        .env("SEALPOST_METRICS_LISTEN", "127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = command.spawn().expect("spawn");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let base = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                return rest.split_whitespace().next().map(str::to_owned);
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+    .expect("server started");
+    let remote = Remote { base, http: reqwest::Client::new() };
+    let (aci, secret) = remote.register().await;
+    let token = remote.token(&aci, &secret).await;
+    assert_eq!(remote.devices(&token).await, 200);
+    assert!(dir.join("data/sealpost.db").exists());
+    assert!(dir.join("data/jwt_ed25519.pem").exists());
+    child.kill().await.expect("kill");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_migrates_masks_secrets_and_manages_accounts() {
+    let dir = temp_dir();
+    let envs =
+        vec![("SEALPOST_DATA_DIR", dir.display().to_string()), ("SEALPOST_REGISTRATION_POLICY", "invite".to_owned())];
+    let (ok, out) = run_cli(&["migrate"], &envs).await;
+    assert!(ok && out.contains("applied 2 migration(s)"), "{out}");
+    let (ok, out) = run_cli(&["migrate"], &envs).await;
+    assert!(ok && out.contains("applied 0 migration(s)"), "{out}");
+
+    let mut with_secret = envs.clone();
+    with_secret.push(("SEALPOST_REDIS_URL", "redis://:sup3rsecret@cache:6379".to_owned()));
+    with_secret.push(("SEALPOST_DATABASE_URL", "postgres://app:pa55word@db:5432/sealpost".to_owned()));
+    let (ok, out) = run_cli(&["config"], &with_secret).await;
+    assert!(ok, "{out}");
+    assert!(!out.contains("sup3rsecret") && !out.contains("pa55word"), "secrets printed: {out}");
+    assert!(
+        out.contains("registration_policy = \"invite\"") && out.contains("SEALPOST_REGISTRATION_POLICY, env"),
+        "{out}"
+    );
+
+    let (ok, out) = run_cli(&["config"], &[("SEALPOST_REGISTRATION_POLICY", "nobody".to_owned())]).await;
+    assert!(!ok && out.contains("SEALPOST_REGISTRATION_POLICY"), "{out}");
+
+    // An invite made by the CLI registers exactly one account on a server using the same data dir.
+    let (ok, code) = run_cli(&["invite", "create"], &envs).await;
+    assert!(ok, "{code}");
+    let code = code.trim().to_owned();
+    let mut config = test_config(Backend::Embedded);
+    config.data_dir = dir.clone();
+    config.registration_policy = sealpost::config::RegistrationPolicy::Invite;
+    let server = start_config(config).await;
+    let body = invite_registration(&code);
+    let created = server.post("/v1/accounts", Auth::None, body.clone()).await.expect(201);
+    server.post("/v1/accounts", Auth::None, body).await.expect_error(403, "invalid_invite");
+
+    let aci = created["aci"].as_str().expect("aci");
+    let (ok, out) = run_cli(&["approve", aci], &envs).await;
+    assert!(ok && out.contains("approved"), "{out}");
+    let (ok, out) = run_cli(&["approve", &uuid::Uuid::new_v4().to_string()], &envs).await;
+    assert!(!ok && out.contains("no such account"), "{out}");
+    server.stop().await;
+}
+
+fn invite_registration(code: &str) -> serde_json::Value {
+    use base64::Engine;
+    let key = sealpost::crypto::xeddsa::KeyPair::generate().public_serialized();
+    serde_json::json!({
+        "identityKey": base64::engine::general_purpose::STANDARD.encode(key),
+        "registrationId": 42,
+        "deviceSecret": base64::engine::general_purpose::STANDARD.encode([4u8; 32]),
+        "inviteCode": code,
+    })
+}
+
+/// Minimal client for a server in another process.
+struct Remote {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Remote {
+    async fn register(&self) -> (String, [u8; 32]) {
+        use base64::Engine;
+        let secret: [u8; 32] = sealpost::crypto::random_bytes();
+        let key = sealpost::crypto::xeddsa::KeyPair::generate().public_serialized();
+        let response = self
+            .http
+            .post(format!("{}/v1/accounts", self.base))
+            .json(&serde_json::json!({
+                "identityKey": base64::engine::general_purpose::STANDARD.encode(key),
+                "registrationId": 7,
+                "deviceSecret": base64::engine::general_purpose::STANDARD.encode(secret),
+            }))
+            .send()
+            .await
+            .expect("register");
+        assert_eq!(response.status(), 201);
+        let body: serde_json::Value = response.json().await.expect("json");
+        (body["aci"].as_str().expect("aci").to_owned(), secret)
+    }
+
+    async fn token(&self, aci: &str, secret: &[u8]) -> String {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let response = self
+            .http
+            .post(format!("{}/v1/auth/token", self.base))
+            .header("authorization", format!("Basic {}", b64.encode(format!("{aci}.1:{}", b64.encode(secret)))))
+            .send()
+            .await
+            .expect("token");
+        assert_eq!(response.status(), 200);
+        let body: serde_json::Value = response.json().await.expect("json");
+        body["token"].as_str().expect("token").to_owned()
+    }
+
+    async fn devices(&self, token: &str) -> u16 {
+        self.http
+            .get(format!("{}/v1/devices", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("devices")
+            .status()
+            .as_u16()
+    }
+}
