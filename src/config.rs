@@ -287,6 +287,24 @@ config_struct! {
     limit_prekey_fetch_per_requester: RateLimit = "300/1m", "SEALPOST_LIMIT_PREKEY_FETCH_PER_REQUESTER", false;
     /// Prekey bundle fetches per target account (against one-time-prekey exhaustion).
     limit_prekey_fetch_per_target: RateLimit = "600/1h", "SEALPOST_LIMIT_PREKEY_FETCH_PER_TARGET", false;
+    /// Largest envelope `content`, in bytes after base64 decoding (413 `message_too_large` above it).
+    max_message_bytes: usize = "98304", "SEALPOST_MAX_MESSAGE_BYTES", false;
+    /// Envelopes a device queue holds; a send that would exceed it is refused (507 `queue_full`), never dropped silently.
+    max_queue_len: u32 = "10000", "SEALPOST_MAX_QUEUE_LEN", false;
+    /// Longest envelope lifetime, in seconds; also the lifetime when a send names none.
+    max_message_ttl_seconds: u64 = "2592000", "SEALPOST_MAX_MESSAGE_TTL_SECONDS", false;
+    /// Sends per sender and recipient (sender = device, or client IP for sealed sender).
+    limit_messages_per_sender_recipient: RateLimit = "1200/1m", "SEALPOST_LIMIT_MESSAGES_PER_SENDER_RECIPIENT", false;
+    /// Unacknowledged envelopes in flight on one WebSocket.
+    ws_window: usize = "256", "SEALPOST_WS_WINDOW", false;
+    /// Seconds without any frame from the client after which a WebSocket is closed.
+    ws_idle_timeout_seconds: u64 = "90", "SEALPOST_WS_IDLE_TIMEOUT_SECONDS", false;
+    /// Largest frame a client may send on a WebSocket, in bytes.
+    ws_max_frame_bytes: usize = "65536", "SEALPOST_WS_MAX_FRAME_BYTES", false;
+    /// Lifetime of a sender certificate from `GET /v1/certificate/delivery`, in seconds.
+    certificate_validity_seconds: u64 = "86400", "SEALPOST_CERTIFICATE_VALIDITY_SECONDS", false;
+    /// Seconds between runs of the reaper that deletes expired envelopes and invite codes.
+    reap_interval_seconds: u64 = "60", "SEALPOST_REAP_INTERVAL_SECONDS", false;
     /// JWT signing key (Ed25519, PKCS#8 PEM). Empty means `<data_dir>/jwt_ed25519.pem`.
     jwt_key_file: Option<PathBuf> = "", "SEALPOST_JWT_KEY_FILE", false;
     /// Sealed-sender trust root private key (Curve25519). Empty means `<data_dir>/trust_root.key`.
@@ -404,6 +422,17 @@ impl Config {
         }
         if self.max_devices == 0 || self.max_devices > 127 {
             return Err(ConfigError("SEALPOST_MAX_DEVICES must be 1..=127".into()));
+        }
+        if self.ws_window == 0 || self.max_queue_len == 0 || self.max_message_ttl_seconds == 0 {
+            return Err(ConfigError(
+                "SEALPOST_WS_WINDOW, SEALPOST_MAX_QUEUE_LEN and SEALPOST_MAX_MESSAGE_TTL_SECONDS must be positive"
+                    .into(),
+            ));
+        }
+        if self.redis_key_prefix.contains(['{', '}']) {
+            return Err(ConfigError(
+                "SEALPOST_REDIS_KEY_PREFIX must not contain { or } (they mark cluster hash tags)".into(),
+            ));
         }
         if self.token_ttl_seconds == 0 {
             return Err(ConfigError("SEALPOST_TOKEN_TTL_SECONDS must be positive".into()));

@@ -59,14 +59,33 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("too many requests")]
     RateLimited(Duration),
+    #[error("envelope content is larger than allowed")]
+    MessageTooLarge,
+    #[error("envelope type is not one of 1, 3, 6, 8 (sealed sender: only 6)")]
+    InvalidMessageType,
+    #[error("ttlSeconds must be between 1 and the server's maximum")]
+    InvalidTtl,
+    #[error("registration ids do not match the recipient's current devices")]
+    StaleDevices(Vec<u32>),
+    #[error("the messages do not address exactly the recipient's current devices")]
+    MismatchedDevices { missing: Vec<u32>, extra: Vec<u32> },
+    #[error("the recipient's queue is full")]
+    QueueFull,
     #[error("internal error")]
     Internal(String),
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct ErrorBody<'a> {
     code: &'a str,
     message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stale_devices: Option<&'a [u32]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    missing_devices: Option<&'a [u32]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    extra_devices: Option<&'a [u32]>,
 }
 
 impl ApiError {
@@ -93,6 +112,11 @@ impl ApiError {
             NotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            MessageTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            InvalidMessageType | InvalidTtl => StatusCode::BAD_REQUEST,
+            StaleDevices(_) => StatusCode::GONE,
+            MismatchedDevices { .. } => StatusCode::CONFLICT,
+            QueueFull => StatusCode::INSUFFICIENT_STORAGE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -124,6 +148,12 @@ impl ApiError {
             NotFound => "not_found",
             MethodNotAllowed => "method_not_allowed",
             RateLimited(_) => "rate_limited",
+            MessageTooLarge => "message_too_large",
+            InvalidMessageType => "invalid_message_type",
+            InvalidTtl => "invalid_ttl",
+            StaleDevices(_) => "stale_devices",
+            MismatchedDevices { .. } => "mismatched_devices",
+            QueueFull => "queue_full",
             Internal(_) => "internal_error",
         }
     }
@@ -145,7 +175,17 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        let mut response = (self.status(), axum::Json(ErrorBody { code: self.code(), message })).into_response();
+        let mut body =
+            ErrorBody { code: self.code(), message, stale_devices: None, missing_devices: None, extra_devices: None };
+        match &self {
+            ApiError::StaleDevices(stale) => body.stale_devices = Some(stale),
+            ApiError::MismatchedDevices { missing, extra } => {
+                body.missing_devices = Some(missing);
+                body.extra_devices = Some(extra);
+            }
+            _ => {}
+        }
+        let mut response = (self.status(), axum::Json(body)).into_response();
         if let ApiError::RateLimited(retry) = &self {
             let secs = retry.as_secs() + u64::from(retry.subsec_nanos() > 0);
             if let Ok(value) = HeaderValue::from_str(&secs.max(1).to_string()) {

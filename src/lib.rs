@@ -7,11 +7,14 @@
 pub mod accounts;
 pub mod config;
 pub mod crypto;
+pub mod delivery;
 pub mod domain;
 pub mod error;
 pub mod http;
+pub mod jobs;
 pub mod keys;
 pub mod limits;
+pub mod messages;
 pub mod server_keys;
 pub mod storage;
 pub mod telemetry;
@@ -46,7 +49,21 @@ pub async fn build_app(config: Config) -> Result<Arc<App>, StartError> {
     let keys = ServerKeys::load(&config)?;
     let storage = Storage::connect(&config).await?;
     let limiter = Limiter::new(storage.limits.clone(), keys.pseudonym_key);
-    Ok(Arc::new(App { limiter, storage, keys, metrics: telemetry::metrics_handle(), config }))
+    let hub = delivery::Hub::start(storage.bus.clone());
+    let certifier = messages::certificates::Certifier::new(&keys.trust_root, keys.server_cert.clone());
+    let (shutdown_trigger, shutdown) = tokio::sync::watch::channel(false);
+    jobs::start(storage.clone(), &config, shutdown.clone());
+    Ok(Arc::new(App {
+        limiter,
+        storage,
+        keys,
+        metrics: telemetry::metrics_handle(),
+        hub,
+        certifier,
+        shutdown,
+        shutdown_trigger,
+        config,
+    }))
 }
 
 /// Serves the API on `listener` and metrics on `metrics_listener` until `shutdown` completes, then stops
@@ -76,6 +93,7 @@ pub async fn serve(
     shutdown.await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
+    let _ = app.shutdown_trigger.send(true);
     let drained = tokio::time::timeout(grace, async {
         let api = api_task.await;
         let metrics = metrics_task.await;

@@ -176,7 +176,14 @@ pub async fn remove_device(app: &App, aci: Aci, device: DeviceId) -> Result<(), 
     if !app.storage.accounts.delete_device(aci, device).await? {
         return Err(ApiError::NotFound);
     }
+    forget_device(app, aci, device).await
+}
+
+/// Removes what a deleted device had outside the durable store and closes its sockets.
+async fn forget_device(app: &App, aci: Aci, device: DeviceId) -> Result<(), ApiError> {
+    app.storage.bus.publish(aci, device, crate::storage::BusEvent::Revoke).await?;
     app.storage.pre_keys.remove_device(aci, device).await?;
+    app.storage.queue.remove_device(aci, device).await?;
     Ok(())
 }
 
@@ -187,7 +194,7 @@ async fn delete_account(State(app): State<Arc<App>>, authed: AuthedDevice) -> Re
     let devices = app.storage.accounts.devices(authed.aci).await?;
     app.storage.accounts.delete_account(authed.aci).await?;
     for device in devices {
-        app.storage.pre_keys.remove_device(authed.aci, device.id).await?;
+        forget_device(&app, authed.aci, device.id).await?;
     }
     metrics::counter!("sealpost_account_deletions_total").increment(1);
     Ok(StatusCode::NO_CONTENT)

@@ -13,7 +13,7 @@ use jsonwebtoken::{Algorithm, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use super::App;
-use crate::domain::{Aci, DeviceId};
+use crate::domain::{AccessKey, Aci, DeviceId};
 use crate::error::ApiError;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -75,5 +75,42 @@ impl FromRequestParts<Arc<App>> for AuthedDevice {
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
         let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
         authenticate(app, token).await
+    }
+}
+
+/// A caller that is either an authenticated device or the holder of an unidentified-access key (sealed
+/// sender), known only by the 16 bytes it presented.
+pub enum DeviceOrAccessKey {
+    Device(AuthedDevice),
+    /// `None` when the header was malformed: answered like a wrong key (401) after the same lookups.
+    AccessKey(Option<AccessKey>),
+}
+
+impl DeviceOrAccessKey {
+    /// Whether an access key opens an account (compared in constant time). Unknown, unapproved or
+    /// keyless accounts are refused exactly like a wrong key, so existence does not leak.
+    pub fn access_allowed(presented: &Option<AccessKey>, account: Option<&crate::storage::Account>) -> bool {
+        match (account, presented) {
+            (Some(account), _) if !account.approved => false,
+            (Some(account), _) if account.unrestricted_access => true,
+            (Some(account), Some(presented)) => {
+                account.access_key.is_some_and(|stored| crate::crypto::constant_time_eq(&stored.0, &presented.0))
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromRequestParts<Arc<App>> for DeviceOrAccessKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        if let Some(token) = bearer(parts) {
+            return Ok(DeviceOrAccessKey::Device(authenticate(app, token).await?));
+        }
+        match parts.headers.get("unidentified-access-key").and_then(|v| v.to_str().ok()) {
+            Some(value) => Ok(DeviceOrAccessKey::AccessKey(AccessKey::from_b64("Unidentified-Access-Key", value).ok())),
+            None => Err(ApiError::Unauthorized),
+        }
     }
 }

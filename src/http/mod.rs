@@ -28,6 +28,11 @@ pub struct App {
     pub keys: ServerKeys,
     pub limiter: Limiter,
     pub metrics: PrometheusHandle,
+    pub hub: Arc<crate::delivery::Hub>,
+    pub certifier: crate::messages::certificates::Certifier,
+    /// Turns true when the server begins to shut down; open sockets close with 1001.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+    pub shutdown_trigger: tokio::sync::watch::Sender<bool>,
 }
 
 pub type AppState = State<Arc<App>>;
@@ -38,6 +43,8 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(ops::routes())
         .merge(crate::accounts::routes())
         .merge(crate::keys::routes())
+        .merge(crate::messages::routes())
+        .merge(crate::delivery::websocket::routes())
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(app.config.max_request_bytes))

@@ -11,17 +11,16 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::http::request::Parts;
 use axum::response::IntoResponse;
 use axum::routing::{get, put};
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::{constant_time_eq, xeddsa};
-use crate::domain::{AccessKey, Aci, DeviceId, EcPublicKey, KemPublicKey, Signature, encode_b64};
+use crate::crypto::xeddsa;
+use crate::domain::{Aci, DeviceId, EcPublicKey, KemPublicKey, Signature, encode_b64};
 use crate::error::ApiError;
-use crate::http::auth::{self, AuthedDevice};
+use crate::http::auth::{AuthedDevice, DeviceOrAccessKey};
 use crate::http::extract::Json;
 use crate::http::{App, ClientIp};
 use crate::storage::{EcOneTimeKey, KeyUpload, SignedEcKey, SignedKemKey};
@@ -182,28 +181,6 @@ async fn count(State(app): State<Arc<App>>, authed: AuthedDevice) -> Result<impl
     Ok(axum::Json(CountResponse { count, pq_count }))
 }
 
-/// Who is asking for a bundle.
-enum Requester {
-    Device(AuthedDevice),
-    /// Holder of an unidentified-access key (sealed sender), known only by the 16 bytes they sent.
-    AccessKey(Option<AccessKey>),
-}
-
-impl FromRequestParts<Arc<App>> for Requester {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
-        if let Some(token) = auth::bearer(parts) {
-            return Ok(Requester::Device(auth::authenticate(app, token).await?));
-        }
-        match parts.headers.get("unidentified-access-key").and_then(|v| v.to_str().ok()) {
-            // A malformed key is answered like a wrong one: 401, after the same lookups.
-            Some(value) => Ok(Requester::AccessKey(AccessKey::from_b64("Unidentified-Access-Key", value).ok())),
-            None => Err(ApiError::Unauthorized),
-        }
-    }
-}
-
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct SignedKeyView {
@@ -248,7 +225,7 @@ fn kem_view(key: &SignedKemKey) -> SignedKeyView {
 async fn fetch(
     State(app): State<Arc<App>>,
     ClientIp(ip): ClientIp,
-    requester: Requester,
+    requester: DeviceOrAccessKey,
     Path((aci, device)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
     let target = Aci::parse(&aci);
@@ -257,33 +234,26 @@ async fn fetch(
         other => Some(DeviceId::parse(other).ok_or(ApiError::InvalidPath)?),
     };
     let requester_id = match &requester {
-        Requester::Device(d) => format!("{}.{}", d.aci, d.device),
-        Requester::AccessKey(_) => format!("ip:{ip}"),
+        DeviceOrAccessKey::Device(d) => format!("{}.{}", d.aci, d.device),
+        DeviceOrAccessKey::AccessKey(_) => format!("ip:{ip}"),
     };
     app.limiter
         .check("prekey_fetch_requester", requester_id.as_bytes(), &app.config.limit_prekey_fetch_per_requester)
         .await?;
     let not_found = match requester {
-        Requester::Device(_) => ApiError::NotFound,
-        Requester::AccessKey(_) => ApiError::Unauthorized,
+        DeviceOrAccessKey::Device(_) => ApiError::NotFound,
+        DeviceOrAccessKey::AccessKey(_) => ApiError::Unauthorized,
     };
     let target = match target {
         Some(aci) => aci,
-        None if matches!(requester, Requester::Device(_)) => return Err(ApiError::InvalidPath),
+        None if matches!(requester, DeviceOrAccessKey::Device(_)) => return Err(ApiError::InvalidPath),
         None => return Err(ApiError::Unauthorized),
     };
     let account = app.storage.accounts.account(target).await?;
-    if let Requester::AccessKey(presented) = &requester {
-        let allowed = match (&account, presented) {
-            (Some(account), _) if account.unrestricted_access => true,
-            (Some(account), Some(presented)) => {
-                account.access_key.is_some_and(|stored| constant_time_eq(&stored.0, &presented.0))
-            }
-            _ => false,
-        };
-        if !allowed {
-            return Err(ApiError::Unauthorized);
-        }
+    if let DeviceOrAccessKey::AccessKey(presented) = &requester
+        && !DeviceOrAccessKey::access_allowed(presented, account.as_ref())
+    {
+        return Err(ApiError::Unauthorized);
     }
     let Some(account) = account.filter(|a| a.approved) else { return Err(not_found) };
     app.limiter.check("prekey_fetch_target", target.0.as_bytes(), &app.config.limit_prekey_fetch_per_target).await?;

@@ -59,6 +59,8 @@ pub async fn connect(config: &Config, database_url: &str) -> StoreResult<Storage
         accounts: db.clone(),
         keys: db.clone(),
         pre_keys: db.clone(),
+        queue: db.clone(),
+        bus: Arc::new(LocalBus::new()),
         limits: Arc::new(MemoryLimits::default()),
         probes: vec![db],
         kind: "embedded",
@@ -349,6 +351,27 @@ impl KeyStore for Sqlite {
         Ok(())
     }
 
+    async fn ready_devices(&self, aci: Aci) -> StoreResult<Vec<(DeviceId, RegistrationId)>> {
+        let rows = sqlx::query(
+            "SELECT d.device_id, d.registration_id FROM devices d
+             WHERE d.aci = ?
+               AND EXISTS (SELECT 1 FROM signed_keys e WHERE e.aci = d.aci AND e.device_id = d.device_id AND e.kind = 1)
+               AND EXISTS (SELECT 1 FROM signed_keys k WHERE k.aci = d.aci AND k.device_id = d.device_id AND k.kind = 2)
+             ORDER BY d.device_id",
+        )
+        .bind(aci_text(aci))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok((
+                    DeviceId(row.try_get::<i64, _>("device_id")? as u32),
+                    registration_id(row.try_get("registration_id")?)?,
+                ))
+            })
+            .collect()
+    }
+
     async fn device_keys(&self, aci: Aci, only: Option<DeviceId>) -> StoreResult<Vec<DeviceKeys>> {
         let rows = sqlx::query(
             "SELECT d.device_id, d.registration_id,
@@ -383,6 +406,96 @@ impl KeyStore for Sqlite {
                 })
             })
             .collect()
+    }
+}
+
+#[async_trait]
+impl MessageQueue for Sqlite {
+    async fn push(
+        &self,
+        aci: Aci,
+        items: &[(DeviceId, NewEnvelope)],
+        max_len: u32,
+    ) -> StoreResult<Result<(), QueueFull>> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        for (device, _) in items {
+            let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM messages WHERE aci = ? AND device_id = ?")
+                .bind(aci_text(aci))
+                .bind(i64::from(device.0))
+                .fetch_one(&mut *tx)
+                .await?;
+            if queued >= i64::from(max_len) {
+                return Ok(Err(QueueFull(*device)));
+            }
+        }
+        for (device, item) in items {
+            sqlx::query("INSERT INTO messages (aci, device_id, guid, expires_at, envelope) VALUES (?, ?, ?, ?, ?)")
+                .bind(aci_text(aci))
+                .bind(i64::from(device.0))
+                .bind(&item.guid[..])
+                .bind(item.expires_at)
+                .bind(&item.envelope)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(Ok(()))
+    }
+
+    async fn peek(
+        &self,
+        aci: Aci,
+        device: DeviceId,
+        after: u64,
+        limit: usize,
+        now: i64,
+    ) -> StoreResult<Vec<QueuedEnvelope>> {
+        let rows = sqlx::query(
+            "SELECT seq, guid, expires_at, envelope FROM messages
+             WHERE aci = ? AND device_id = ? AND seq > ? AND expires_at > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(aci_text(aci))
+        .bind(i64::from(device.0))
+        .bind(after as i64)
+        .bind(now)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                let guid: Vec<u8> = row.try_get("guid")?;
+                Ok(QueuedEnvelope {
+                    seq: row.try_get::<i64, _>("seq")? as u64,
+                    guid: guid.as_slice().try_into().map_err(|_| StoreError::Corrupt("guid"))?,
+                    expires_at: row.try_get("expires_at")?,
+                    envelope: row.try_get("envelope")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn ack(&self, aci: Aci, device: DeviceId, guid: [u8; 16]) -> StoreResult<bool> {
+        let done = sqlx::query("DELETE FROM messages WHERE guid = ? AND aci = ? AND device_id = ?")
+            .bind(&guid[..])
+            .bind(aci_text(aci))
+            .bind(i64::from(device.0))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn remove_device(&self, aci: Aci, device: DeviceId) -> StoreResult<()> {
+        sqlx::query("DELETE FROM messages WHERE aci = ? AND device_id = ?")
+            .bind(aci_text(aci))
+            .bind(i64::from(device.0))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn reap(&self, now: i64) -> StoreResult<u64> {
+        let done = sqlx::query("DELETE FROM messages WHERE expires_at <= ?").bind(now).execute(&self.pool).await?;
+        Ok(done.rows_affected())
     }
 }
 
@@ -539,5 +652,51 @@ impl RateLimitStore for MemoryLimits {
             *entry = (tokens, now);
             Ok(Err(Duration::from_secs_f64((1.0 - tokens) / rate)))
         }
+    }
+}
+
+/// In-process bus: events go straight to this process's delivery hub.
+pub struct LocalBus {
+    subscribed: Mutex<std::collections::HashSet<(Aci, DeviceId)>>,
+    sender: tokio::sync::mpsc::UnboundedSender<(Aci, DeviceId, BusEvent)>,
+    receiver: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(Aci, DeviceId, BusEvent)>>>,
+}
+
+impl LocalBus {
+    pub fn new() -> Self {
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        LocalBus { subscribed: Mutex::default(), sender, receiver: Mutex::new(Some(receiver)) }
+    }
+}
+
+impl Default for LocalBus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[async_trait]
+impl Bus for LocalBus {
+    async fn publish(&self, aci: Aci, device: DeviceId, event: BusEvent) -> StoreResult<bool> {
+        let listening = self.subscribed.lock().unwrap_or_else(|p| p.into_inner()).contains(&(aci, device));
+        if listening {
+            // The receiver lives as long as the hub; a send error only means the server is stopping.
+            let _ = self.sender.send((aci, device, event));
+        }
+        Ok(listening)
+    }
+
+    async fn subscribe(&self, aci: Aci, device: DeviceId) -> StoreResult<()> {
+        self.subscribed.lock().unwrap_or_else(|p| p.into_inner()).insert((aci, device));
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, aci: Aci, device: DeviceId) -> StoreResult<()> {
+        self.subscribed.lock().unwrap_or_else(|p| p.into_inner()).remove(&(aci, device));
+        Ok(())
+    }
+
+    fn events(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<(Aci, DeviceId, BusEvent)>> {
+        self.receiver.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }

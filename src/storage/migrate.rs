@@ -24,7 +24,7 @@ macro_rules! migrations {
     };
 }
 
-const SQLITE: &[Migration] = migrations!("sqlite": 1 => "0001_accounts", 2 => "0002_keys");
+const SQLITE: &[Migration] = migrations!("sqlite": 1 => "0001_accounts", 2 => "0002_keys", 3 => "0003_messages");
 const POSTGRES: &[Migration] = migrations!("postgres": 1 => "0001_accounts", 2 => "0002_keys");
 
 const LEDGER: &str = "CREATE TABLE IF NOT EXISTS sealpost_migrations (

@@ -200,6 +200,106 @@ pub trait KeyStore: Send + Sync {
     ) -> StoreResult<()>;
     /// Devices of the account that have both a signed prekey and a last-resort key (all, or just `only`).
     async fn device_keys(&self, aci: Aci, only: Option<DeviceId>) -> StoreResult<Vec<DeviceKeys>>;
+    /// Devices that can receive messages (they have a signed prekey and a last-resort key), with their
+    /// registration ids, ordered by id.
+    async fn ready_devices(&self, aci: Aci) -> StoreResult<Vec<(DeviceId, RegistrationId)>>;
+}
+
+/// An envelope on its way into a device queue: already serialised, as it will be delivered.
+#[derive(Debug, Clone)]
+pub struct NewEnvelope {
+    pub guid: [u8; 16],
+    /// Milliseconds since the epoch after which the envelope is never delivered.
+    pub expires_at: i64,
+    pub envelope: Vec<u8>,
+}
+
+/// An envelope waiting in a device queue.
+#[derive(Debug, Clone)]
+pub struct QueuedEnvelope {
+    /// Position in the device's queue: increases with every insert.
+    pub seq: u64,
+    pub guid: [u8; 16],
+    pub expires_at: i64,
+    pub envelope: Vec<u8>,
+}
+
+/// A queue that was full, so nothing was queued.
+#[derive(Debug, PartialEq, Eq)]
+pub struct QueueFull(pub DeviceId);
+
+/// Per-device envelope queues with a TTL. An envelope stays until acknowledged or expired; expired ones are
+/// never returned.
+#[async_trait]
+pub trait MessageQueue: Send + Sync {
+    /// Appends one envelope per listed device of `aci`. Refuses (queuing nothing) when a queue already holds
+    /// `max_len` envelopes.
+    async fn push(
+        &self,
+        aci: Aci,
+        items: &[(DeviceId, NewEnvelope)],
+        max_len: u32,
+    ) -> StoreResult<Result<(), QueueFull>>;
+    /// Up to `limit` unexpired envelopes with `seq > after`, oldest first.
+    async fn peek(
+        &self,
+        aci: Aci,
+        device: DeviceId,
+        after: u64,
+        limit: usize,
+        now: i64,
+    ) -> StoreResult<Vec<QueuedEnvelope>>;
+    /// Deletes one envelope; false when it was not there (already acknowledged, expired or never queued).
+    async fn ack(&self, aci: Aci, device: DeviceId, guid: [u8; 16]) -> StoreResult<bool>;
+    async fn remove_device(&self, aci: Aci, device: DeviceId) -> StoreResult<()>;
+    /// Deletes expired envelopes; returns how many. (Redis expires whole queues itself and filters on read.)
+    async fn reap(&self, now: i64) -> StoreResult<u64>;
+}
+
+/// What travels between instances about one device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusEvent {
+    /// New envelopes were queued: look at the queue.
+    Wake,
+    /// An envelope for connected sockets only (`online: true`): never stored.
+    Ephemeral(Vec<u8>),
+    /// A socket with this connection id opened: every other socket of the device must close (4409).
+    Displace(u64),
+    /// The device was removed: its sockets must close (4401).
+    Revoke,
+}
+
+impl BusEvent {
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            BusEvent::Wake => vec![0],
+            BusEvent::Ephemeral(bytes) => [&[1u8][..], bytes].concat(),
+            BusEvent::Displace(id) => [&[2u8][..], &id.to_be_bytes()].concat(),
+            BusEvent::Revoke => vec![3],
+        }
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<BusEvent> {
+        match bytes.split_first()? {
+            (0, []) => Some(BusEvent::Wake),
+            (1, rest) => Some(BusEvent::Ephemeral(rest.to_vec())),
+            (2, rest) => Some(BusEvent::Displace(u64::from_be_bytes(rest.try_into().ok()?))),
+            (3, []) => Some(BusEvent::Revoke),
+            _ => None,
+        }
+    }
+}
+
+/// Fan-out of [`BusEvent`]s to whichever instance holds a device's sockets.
+#[async_trait]
+pub trait Bus: Send + Sync {
+    /// Sends an event to every instance subscribed to the device; true when at least one is.
+    async fn publish(&self, aci: Aci, device: DeviceId, event: BusEvent) -> StoreResult<bool>;
+    /// Starts receiving the device's events on this instance (see [`Bus::events`]).
+    async fn subscribe(&self, aci: Aci, device: DeviceId) -> StoreResult<()>;
+    async fn unsubscribe(&self, aci: Aci, device: DeviceId) -> StoreResult<()>;
+    /// The stream of events for devices this instance subscribed to. Taken once, by the delivery hub.
+    fn events(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<(Aci, DeviceId, BusEvent)>>;
 }
 
 /// Token buckets keyed by an opaque pseudonym (never a raw IP or id).
@@ -216,6 +316,8 @@ pub struct Storage {
     pub keys: Arc<dyn KeyStore>,
     pub pre_keys: Arc<dyn PreKeyPool>,
     pub limits: Arc<dyn RateLimitStore>,
+    pub queue: Arc<dyn MessageQueue>,
+    pub bus: Arc<dyn Bus>,
     /// Checks every configured store, for `/readyz`.
     pub probes: Vec<Arc<dyn Probe>>,
     pub kind: &'static str,

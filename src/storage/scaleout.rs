@@ -61,10 +61,13 @@ pub async fn connect(config: &Config, database_url: &str, redis_url: &str) -> St
         .await?;
     let postgres = Arc::new(Postgres { pool });
     let redis = Arc::new(Redis::connect(redis_url, &config.redis_key_prefix).await?);
+    let bus = Arc::new(RedisBus::connect(redis_url, &config.redis_key_prefix, redis.pool.clone()).await?);
     Ok(Storage {
         accounts: postgres.clone(),
         keys: postgres.clone(),
         pre_keys: redis.clone(),
+        queue: redis.clone(),
+        bus,
         limits: redis.clone(),
         probes: vec![postgres, redis],
         kind: "scale-out",
@@ -337,6 +340,27 @@ impl KeyStore for Postgres {
         Ok(())
     }
 
+    async fn ready_devices(&self, aci: Aci) -> StoreResult<Vec<(DeviceId, RegistrationId)>> {
+        let rows = sqlx::query(
+            "SELECT d.device_id, d.registration_id FROM devices d
+             WHERE d.aci = $1
+               AND EXISTS (SELECT 1 FROM signed_keys e WHERE e.aci = d.aci AND e.device_id = d.device_id AND e.kind = 1)
+               AND EXISTS (SELECT 1 FROM signed_keys k WHERE k.aci = d.aci AND k.device_id = d.device_id AND k.kind = 2)
+             ORDER BY d.device_id",
+        )
+        .bind(aci.0)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok((
+                    DeviceId(row.try_get::<i32, _>("device_id")? as u32),
+                    registration_id(row.try_get("registration_id")?)?,
+                ))
+            })
+            .collect()
+    }
+
     async fn device_keys(&self, aci: Aci, only: Option<DeviceId>) -> StoreResult<Vec<DeviceKeys>> {
         let rows = sqlx::query(
             "SELECT d.device_id, d.registration_id,
@@ -395,6 +419,9 @@ pub struct Redis {
     replace: Script,
     counts: Script,
     take_token: Script,
+    push: Script,
+    peek: Script,
+    ack: Script,
 }
 
 /// Pops one key from each pool of a device in one round trip. Each LPOP is atomic, so a key is never
@@ -436,7 +463,54 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return wait
 "#;
 
+/// Queues: per account a sequence counter, per device a sorted set (score = seq, member = expiry ‖ guid ‖
+/// envelope) and a hash guid → seq for acknowledgements. All keys of an account share the hash tag
+/// `{aci}`, so one script call queues for every device of the recipient atomically.
+///
+/// KEYS: counter, then (zset, index) per device. ARGV: max length, queue ttl ms, counter ttl ms, then
+/// (member, guid) per device. Returns 0, or -i when the i-th device's queue is full (nothing queued).
+const PUSH_LUA: &str = r#"
+local max = tonumber(ARGV[1])
+local ttl = tonumber(ARGV[2])
+local n = (#KEYS - 1) / 2
+for i = 1, n do
+  if redis.call('ZCARD', KEYS[2 * i]) >= max then return -i end
+end
+for i = 1, n do
+  local seq = redis.call('INCR', KEYS[1])
+  redis.call('ZADD', KEYS[2 * i], seq, ARGV[2 + 2 * i])
+  redis.call('HSET', KEYS[2 * i + 1], ARGV[3 + 2 * i], seq)
+  if redis.call('PTTL', KEYS[2 * i]) < ttl then
+    redis.call('PEXPIRE', KEYS[2 * i], ttl)
+    redis.call('PEXPIRE', KEYS[2 * i + 1], ttl)
+  end
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 0
+"#;
+
+const PEEK_LUA: &str = r#"
+return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf', 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
+"#;
+
+const ACK_LUA: &str = r#"
+local seq = redis.call('HGET', KEYS[2], ARGV[1])
+if not seq then return 0 end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], seq, seq)
+redis.call('HDEL', KEYS[2], ARGV[1])
+return 1
+"#;
+
 impl Redis {
+    fn queue_counter(&self, aci: Aci) -> String {
+        format!("{}q:{{{aci}}}:seq", self.prefix)
+    }
+
+    fn queue_keys(&self, aci: Aci, device: DeviceId) -> [String; 2] {
+        let base = format!("{}q:{{{aci}}}:{device}", self.prefix);
+        [format!("{base}:z"), format!("{base}:i")]
+    }
+
     pub async fn connect(url: &str, prefix: &str) -> StoreResult<Self> {
         let config = RedisConfig::from_url(url)?;
         let pool = Builder::from_config(config)
@@ -452,6 +526,9 @@ impl Redis {
             replace: Script::from_lua(REPLACE_LUA),
             counts: Script::from_lua(COUNTS_LUA),
             take_token: Script::from_lua(TAKE_TOKEN_LUA),
+            push: Script::from_lua(PUSH_LUA),
+            peek: Script::from_lua(PEEK_LUA),
+            ack: Script::from_lua(ACK_LUA),
         })
     }
 
@@ -553,6 +630,105 @@ impl PreKeyPool for Redis {
     }
 }
 
+/// How long a device's sequence counter outlives its last push: longer than any envelope can live, so a
+/// counter never restarts under a connected socket's cursor.
+const COUNTER_TTL_MS: i64 = 400 * 86_400_000;
+
+#[async_trait]
+impl MessageQueue for Redis {
+    async fn push(
+        &self,
+        aci: Aci,
+        items: &[(DeviceId, NewEnvelope)],
+        max_len: u32,
+    ) -> StoreResult<Result<(), QueueFull>> {
+        let now = crate::domain::now_millis();
+        let ttl = items.iter().map(|(_, e)| e.expires_at - now).max().unwrap_or(1).max(1);
+        let mut keys = vec![self.queue_counter(aci)];
+        let mut args: Vec<RedisValue> = vec![i64::from(max_len).into(), ttl.into(), COUNTER_TTL_MS.into()];
+        for (device, item) in items {
+            keys.extend(self.queue_keys(aci, *device));
+            let mut member = Vec::with_capacity(24 + item.envelope.len());
+            member.extend_from_slice(&item.expires_at.to_be_bytes());
+            member.extend_from_slice(&item.guid);
+            member.extend_from_slice(&item.envelope);
+            args.push(RedisValue::Bytes(member.into()));
+            args.push(RedisValue::Bytes(item.guid.to_vec().into()));
+        }
+        let result: i64 = self.push.evalsha_with_reload(self.pool.next(), keys, args).await?;
+        if result < 0 {
+            let index = (-result - 1) as usize;
+            let device = items.get(index).map(|(d, _)| *d).ok_or(StoreError::Corrupt("push reply"))?;
+            return Ok(Err(QueueFull(device)));
+        }
+        Ok(Ok(()))
+    }
+
+    async fn peek(
+        &self,
+        aci: Aci,
+        device: DeviceId,
+        after: u64,
+        limit: usize,
+        now: i64,
+    ) -> StoreResult<Vec<QueuedEnvelope>> {
+        let [zset, _] = self.queue_keys(aci, device);
+        let reply: Vec<RedisValue> = self
+            .peek
+            .evalsha_with_reload(self.pool.next(), vec![zset], vec![after.to_string(), limit.to_string()])
+            .await?;
+        let mut out = Vec::with_capacity(reply.len() / 2);
+        let mut expired = Vec::new();
+        for pair in reply.chunks(2) {
+            let [member, score] = pair else { return Err(StoreError::Corrupt("peek reply")) };
+            let member = bytes_of(member).ok_or(StoreError::Corrupt("queue member"))?;
+            let seq: u64 = match score {
+                RedisValue::String(s) => s.parse::<f64>().map_err(|_| StoreError::Corrupt("queue score"))? as u64,
+                RedisValue::Bytes(b) => std::str::from_utf8(b)
+                    .ok()
+                    .and_then(|s| s.parse::<f64>().ok())
+                    .ok_or(StoreError::Corrupt("queue score"))? as u64,
+                RedisValue::Integer(i) => *i as u64,
+                RedisValue::Double(d) => *d as u64,
+                _ => return Err(StoreError::Corrupt("queue score")),
+            };
+            if member.len() < 24 {
+                return Err(StoreError::Corrupt("queue member"));
+            }
+            let expires_at = i64::from_be_bytes(member[..8].try_into().map_err(|_| StoreError::Corrupt("expiry"))?);
+            let guid: [u8; 16] = member[8..24].try_into().map_err(|_| StoreError::Corrupt("guid"))?;
+            if expires_at <= now {
+                expired.push(guid);
+                continue;
+            }
+            out.push(QueuedEnvelope { seq, guid, expires_at, envelope: member[24..].to_vec() });
+        }
+        // Expired envelopes are dropped as they are met; whole queues also expire with their last envelope.
+        for guid in expired {
+            self.ack(aci, device, guid).await?;
+        }
+        Ok(out)
+    }
+
+    async fn ack(&self, aci: Aci, device: DeviceId, guid: [u8; 16]) -> StoreResult<bool> {
+        let keys = self.queue_keys(aci, device).to_vec();
+        let removed: i64 =
+            self.ack.evalsha_with_reload(self.pool.next(), keys, vec![RedisValue::Bytes(guid.to_vec().into())]).await?;
+        Ok(removed == 1)
+    }
+
+    async fn remove_device(&self, aci: Aci, device: DeviceId) -> StoreResult<()> {
+        for key in self.queue_keys(aci, device) {
+            let _: i64 = self.pool.del(key).await?;
+        }
+        Ok(())
+    }
+
+    async fn reap(&self, _now: i64) -> StoreResult<u64> {
+        Ok(0)
+    }
+}
+
 #[async_trait]
 impl RateLimitStore for Redis {
     async fn take(&self, bucket: &str, key: &[u8; 16], limit: &RateLimit) -> StoreResult<Result<(), Duration>> {
@@ -582,5 +758,84 @@ impl Probe for Redis {
     async fn check(&self) -> StoreResult<()> {
         let _: String = self.pool.next().ping(None).await?;
         Ok(())
+    }
+}
+
+/// Cross-instance fan-out over Redis pub/sub: one channel per device with an open socket somewhere.
+/// PUBLISH answers how many subscribers got the event, which tells whether the device is online.
+pub struct RedisBus {
+    publisher: RedisPool,
+    subscriber: fred::clients::SubscriberClient,
+    channel_prefix: String,
+    receiver: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(Aci, DeviceId, BusEvent)>>>,
+}
+
+impl RedisBus {
+    pub async fn connect(url: &str, prefix: &str, publisher: RedisPool) -> StoreResult<Self> {
+        use fred::prelude::EventInterface;
+        let subscriber = Builder::from_config(RedisConfig::from_url(url)?).build_subscriber_client()?;
+        subscriber.init().await?;
+        // Re-subscribe to every channel after a reconnect.
+        // The returned handle only joins the background task; dropping it detaches the task.
+        drop(subscriber.manage_subscriptions());
+        let channel_prefix = format!("{prefix}dev:");
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        let mut messages = subscriber.message_rx();
+        let strip = channel_prefix.clone();
+        tokio::spawn(async move {
+            loop {
+                match messages.recv().await {
+                    Ok(message) => {
+                        let Some((aci, device)) = message
+                            .channel
+                            .strip_prefix(strip.as_str())
+                            .and_then(|rest| rest.split_once('.'))
+                            .and_then(|(aci, device)| Some((Aci::parse(aci)?, DeviceId::parse(device)?)))
+                        else {
+                            continue;
+                        };
+                        let Some(event) = bytes_of(&message.value).and_then(BusEvent::decode) else { continue };
+                        if sender.send((aci, device, event)).is_err() {
+                            break;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "bus subscriber lagged; sockets re-check their queues on keepalive");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+        Ok(RedisBus { publisher, subscriber, channel_prefix, receiver: std::sync::Mutex::new(Some(receiver)) })
+    }
+
+    fn channel(&self, aci: Aci, device: DeviceId) -> String {
+        format!("{}{aci}.{device}", self.channel_prefix)
+    }
+}
+
+#[async_trait]
+impl Bus for RedisBus {
+    async fn publish(&self, aci: Aci, device: DeviceId, event: BusEvent) -> StoreResult<bool> {
+        use fred::prelude::PubsubInterface;
+        let receivers: i64 =
+            self.publisher.next().publish(self.channel(aci, device), RedisValue::Bytes(event.encode().into())).await?;
+        Ok(receivers > 0)
+    }
+
+    async fn subscribe(&self, aci: Aci, device: DeviceId) -> StoreResult<()> {
+        use fred::prelude::PubsubInterface;
+        self.subscriber.subscribe(self.channel(aci, device)).await?;
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, aci: Aci, device: DeviceId) -> StoreResult<()> {
+        use fred::prelude::PubsubInterface;
+        self.subscriber.unsubscribe(self.channel(aci, device)).await?;
+        Ok(())
+    }
+
+    fn events(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<(Aci, DeviceId, BusEvent)>> {
+        self.receiver.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }

@@ -4,5 +4,7 @@ mod harness;
 
 mod accounts;
 mod keys;
+mod messages;
 mod operations;
 mod processes;
+mod socket;

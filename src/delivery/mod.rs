@@ -1,0 +1,131 @@
+//! Delivery: authenticated WebSockets that carry queued envelopes to a device and its acknowledgements back.
+//!
+//! Owns: the registry of this instance's open sockets ([`Hub`]), the per-socket delivery loop
+//! ([`websocket`]) and the wire framing ([`proto`]).
+//! Invariants: an envelope leaves its queue only when the device answers its request with a 2xx status;
+//! a device has at most one socket across all instances (a newer one closes the older with 4409); a removed
+//! device's socket is closed at once (4401).
+//! Never: parses or logs envelope content, or logs which account or device is connected.
+
+pub mod proto;
+pub mod websocket;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+
+use crate::domain::{Aci, DeviceId};
+use crate::storage::{Bus, BusEvent, StoreResult};
+
+/// Events waiting for one socket; beyond this the socket is too slow and further wakes are dropped (the
+/// socket re-reads its queue anyway once it catches up).
+const SOCKET_EVENT_BUFFER: usize = 64;
+
+type Sockets = HashMap<(Aci, DeviceId), Vec<(u64, mpsc::Sender<BusEvent>)>>;
+
+/// This instance's open sockets, fed by the bus.
+pub struct Hub {
+    sockets: Mutex<Sockets>,
+    bus: Arc<dyn Bus>,
+    /// Serialises subscribe/unsubscribe so a quick reconnect can never end unsubscribed.
+    subscriptions: tokio::sync::Mutex<()>,
+}
+
+/// A socket's place in the hub.
+pub struct Registration {
+    pub connection_id: u64,
+    pub events: mpsc::Receiver<BusEvent>,
+}
+
+impl Hub {
+    /// Creates the hub and starts dispatching the bus's events to local sockets.
+    pub fn start(bus: Arc<dyn Bus>) -> Arc<Hub> {
+        let hub = Arc::new(Hub { sockets: Mutex::default(), bus: bus.clone(), subscriptions: Default::default() });
+        if let Some(mut events) = bus.events() {
+            let weak = Arc::downgrade(&hub);
+            tokio::spawn(async move {
+                while let Some((aci, device, event)) = events.recv().await {
+                    let Some(hub) = weak.upgrade() else { break };
+                    hub.dispatch(aci, device, event);
+                }
+            });
+        }
+        hub
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Sockets> {
+        self.sockets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a socket for the device, subscribes this instance to it and tells every other socket of
+    /// the device (on any instance) to close.
+    pub async fn register(&self, aci: Aci, device: DeviceId) -> StoreResult<Registration> {
+        let connection_id: u64 = rand::random();
+        let (sender, events) = mpsc::channel(SOCKET_EVENT_BUFFER);
+        {
+            let _guard = self.subscriptions.lock().await;
+            let first = {
+                let mut sockets = self.lock();
+                let entry = sockets.entry((aci, device)).or_default();
+                entry.push((connection_id, sender));
+                entry.len() == 1
+            };
+            if first {
+                self.bus.subscribe(aci, device).await?;
+            }
+        }
+        self.bus.publish(aci, device, BusEvent::Displace(connection_id)).await?;
+        metrics::gauge!("sealpost_websockets_open").increment(1.0);
+        Ok(Registration { connection_id, events })
+    }
+
+    pub async fn unregister(&self, aci: Aci, device: DeviceId, connection_id: u64) {
+        let _guard = self.subscriptions.lock().await;
+        let last = {
+            let mut sockets = self.lock();
+            match sockets.get_mut(&(aci, device)) {
+                Some(entry) => {
+                    entry.retain(|(id, _)| *id != connection_id);
+                    let empty = entry.is_empty();
+                    if empty {
+                        sockets.remove(&(aci, device));
+                    }
+                    empty
+                }
+                None => false,
+            }
+        };
+        if last && let Err(err) = self.bus.unsubscribe(aci, device).await {
+            tracing::warn!(error = %err, "bus unsubscribe failed");
+        }
+        metrics::gauge!("sealpost_websockets_open").decrement(1.0);
+    }
+
+    fn dispatch(&self, aci: Aci, device: DeviceId, event: BusEvent) {
+        let sockets = self.lock();
+        let Some(entry) = sockets.get(&(aci, device)) else { return };
+        for (id, sender) in entry {
+            let event = match &event {
+                BusEvent::Displace(newer) if newer == id => continue,
+                other => other.clone(),
+            };
+            // A full buffer means the socket is behind: dropping a wake is safe because the socket re-reads
+            // its queue, and an `online` envelope is best effort by definition; but a close order must
+            // arrive, so it waits for room.
+            if let Err(mpsc::error::TrySendError::Full(event)) = sender.try_send(event)
+                && matches!(event, BusEvent::Displace(_) | BusEvent::Revoke)
+            {
+                let sender = sender.clone();
+                tokio::spawn(async move {
+                    let _ = sender.send(event).await;
+                });
+            }
+        }
+    }
+
+    /// Sockets open on this instance.
+    pub fn open_sockets(&self) -> usize {
+        self.lock().values().map(Vec::len).sum()
+    }
+}

@@ -1,0 +1,231 @@
+//! One device's WebSocket: pushes queued envelopes oldest first with a window of unacknowledged ones,
+//! deletes each on a 2xx answer, signals `queue/empty` once the backlog is drained, and pushes new
+//! envelopes as they arrive.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::routing::get;
+use futures_util::{SinkExt, StreamExt};
+use prost::Message as _;
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use super::proto::{WebSocketMessage, ws_type};
+use crate::domain::now_millis;
+use crate::error::ApiError;
+use crate::http::App;
+use crate::http::auth::{self, AuthedDevice};
+use crate::storage::BusEvent;
+
+/// Close codes.
+pub const CLOSE_DISPLACED: u16 = 4409;
+pub const CLOSE_REVOKED: u16 = 4401;
+const CLOSE_NORMAL: u16 = 1000;
+const CLOSE_GOING_AWAY: u16 = 1001;
+const CLOSE_UNSUPPORTED: u16 = 1003;
+const CLOSE_ERROR: u16 = 1011;
+
+/// Read buffer per socket: small, so that idle sockets stay cheap.
+const READ_BUFFER_BYTES: usize = 4096;
+
+pub fn routes() -> Router<Arc<App>> {
+    Router::new().route("/v1/websocket", get(upgrade))
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+async fn upgrade(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(query): Query<TokenQuery>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    // Browsers cannot set headers on a WebSocket: they pass the token in the query (never logged: request
+    // logs name only the route template).
+    let header_token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim().to_owned());
+    let token = header_token.or(query.token).ok_or(ApiError::Unauthorized)?;
+    let device = auth::authenticate(&app, &token).await?;
+    Ok(ws
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(0)
+        .max_message_size(app.config.ws_max_frame_bytes)
+        .max_frame_size(app.config.ws_max_frame_bytes)
+        .on_upgrade(move |socket| async move {
+            if let Err(err) = run(app, device, socket).await {
+                tracing::debug!(error = %err, "websocket ended with an error");
+            }
+        }))
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SocketError {
+    #[error("socket: {0}")]
+    Socket(#[from] axum::Error),
+    #[error("storage: {0}")]
+    Store(#[from] crate::storage::StoreError),
+}
+
+/// Why the loop stopped, and the close frame to send for it.
+enum Ending {
+    ClientGone,
+    Close(u16, &'static str),
+}
+
+struct Delivery {
+    /// Highest queue position sent on this socket; later reads start after it.
+    cursor: u64,
+    /// Request id → guid of envelopes sent and not yet answered.
+    in_flight: HashMap<u64, [u8; 16]>,
+    next_request_id: u64,
+    /// The queue may hold envelopes this socket has not sent yet.
+    unread: bool,
+    queue_empty_sent: bool,
+}
+
+async fn run(app: Arc<App>, device: AuthedDevice, socket: WebSocket) -> Result<(), SocketError> {
+    let registration = app.hub.register(device.aci, device.device).await?;
+    let result = deliver(&app, device, socket, registration.connection_id, registration.events).await;
+    app.hub.unregister(device.aci, device.device, registration.connection_id).await;
+    result
+}
+
+async fn deliver(
+    app: &App,
+    device: AuthedDevice,
+    socket: WebSocket,
+    connection_id: u64,
+    mut events: tokio::sync::mpsc::Receiver<BusEvent>,
+) -> Result<(), SocketError> {
+    let (mut sink, mut stream) = socket.split();
+    let mut shutdown = app.shutdown.clone();
+    let idle = Duration::from_secs(app.config.ws_idle_timeout_seconds);
+    let mut deadline = Instant::now() + idle;
+    let window = app.config.ws_window;
+    let mut state =
+        Delivery { cursor: 0, in_flight: HashMap::new(), next_request_id: 1, unread: true, queue_empty_sent: false };
+    let _ = connection_id;
+
+    let ending = loop {
+        if state.unread && state.in_flight.len() < window {
+            let want = window - state.in_flight.len();
+            let batch = app.storage.queue.peek(device.aci, device.device, state.cursor, want, now_millis()).await?;
+            for item in &batch {
+                let id = state.next_request_id;
+                state.next_request_id += 1;
+                state.in_flight.insert(id, item.guid);
+                state.cursor = state.cursor.max(item.seq);
+                sink.send(envelope_request(id, item.envelope.clone())).await?;
+            }
+            metrics::counter!("sealpost_envelopes_sent_total").increment(batch.len() as u64);
+            if batch.len() < want {
+                state.unread = false;
+                if !state.queue_empty_sent {
+                    state.queue_empty_sent = true;
+                    let id = state.next_request_id;
+                    state.next_request_id += 1;
+                    let message = WebSocketMessage::request(id, "PUT", "/api/v1/queue/empty", None, Vec::new());
+                    sink.send(Message::Binary(message.encode_to_vec().into())).await?;
+                }
+            }
+        }
+
+        tokio::select! {
+            frame = stream.next() => {
+                deadline = Instant::now() + idle;
+                match frame {
+                    Some(Ok(Message::Binary(bytes))) => {
+                        let Ok(message) = WebSocketMessage::decode(bytes.as_ref()) else {
+                            break Ending::Close(CLOSE_UNSUPPORTED, "not a WebSocketMessage");
+                        };
+                        if let Some(reply) = handle_client_message(app, device, &mut state, message).await? {
+                            sink.send(reply).await?;
+                        }
+                    }
+                    Some(Ok(Message::Text(_))) => break Ending::Close(CLOSE_UNSUPPORTED, "binary frames only"),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Close(_))) | None => break Ending::ClientGone,
+                    Some(Err(_)) => break Ending::ClientGone,
+                }
+            }
+            event = events.recv() => match event {
+                Some(BusEvent::Wake) => state.unread = true,
+                Some(BusEvent::Ephemeral(envelope)) => {
+                    // Not tracked for acknowledgement: it was never stored.
+                    let id = state.next_request_id;
+                    state.next_request_id += 1;
+                    sink.send(envelope_request(id, envelope)).await?;
+                }
+                Some(BusEvent::Displace(_)) => break Ending::Close(CLOSE_DISPLACED, "connected elsewhere"),
+                Some(BusEvent::Revoke) => break Ending::Close(CLOSE_REVOKED, "device removed"),
+                None => break Ending::Close(CLOSE_ERROR, "hub closed"),
+            },
+            _ = tokio::time::sleep_until(deadline) => break Ending::Close(CLOSE_NORMAL, "idle"),
+            _ = stopped(&mut shutdown) => break Ending::Close(CLOSE_GOING_AWAY, "server shutting down"),
+        }
+    };
+    if let Ending::Close(code, reason) = ending {
+        let frame = CloseFrame { code, reason: reason.into() };
+        let _ = sink.send(Message::Close(Some(frame))).await;
+    }
+    Ok(())
+}
+
+fn envelope_request(id: u64, envelope: Vec<u8>) -> Message {
+    let headers = vec![format!("X-Signal-Timestamp:{}", now_millis())];
+    let message = WebSocketMessage::request(id, "PUT", "/api/v1/message", Some(envelope), headers);
+    Message::Binary(message.encode_to_vec().into())
+}
+
+/// Acknowledgements and the few requests a client may make on the socket.
+async fn handle_client_message(
+    app: &App,
+    device: AuthedDevice,
+    state: &mut Delivery,
+    message: WebSocketMessage,
+) -> Result<Option<Message>, SocketError> {
+    match (message.r#type, message.request, message.response) {
+        (Some(ws_type::RESPONSE), _, Some(response)) => {
+            let Some(guid) = response.id.and_then(|id| state.in_flight.remove(&id)) else { return Ok(None) };
+            if (200..300).contains(&response.status.unwrap_or(0)) {
+                app.storage.queue.ack(device.aci, device.device, guid).await?;
+                metrics::counter!("sealpost_envelopes_acknowledged_total").increment(1);
+            }
+            // Any other status leaves the envelope queued for the next connection.
+            Ok(None)
+        }
+        (Some(ws_type::REQUEST), Some(request), _) => {
+            let id = request.id.unwrap_or(0);
+            let reply = match (request.verb.as_deref(), request.path.as_deref()) {
+                (Some("GET"), Some("/v1/keepalive")) => {
+                    // A keepalive is also a chance to catch any wake lost on the way.
+                    state.unread = true;
+                    WebSocketMessage::response(id, 200, "OK")
+                }
+                _ => WebSocketMessage::response(id, 404, "Not found"),
+            };
+            Ok(Some(Message::Binary(reply.encode_to_vec().into())))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Completes once the shutdown flag is set (the guard `wait_for` returns is dropped at once, so the future
+/// stays `Send`).
+pub async fn stopped(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
+}

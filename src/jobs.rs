@@ -1,0 +1,32 @@
+//! Background jobs of one instance: the reaper that deletes expired envelopes.
+//!
+//! Expired envelopes are already invisible (every read filters on expiry); the reaper only gives their
+//! space back. In the scale-out deployment Redis expires queues itself, so the reaper has nothing to do
+//! there and running it on every instance is harmless.
+
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::storage::Storage;
+
+pub fn start(storage: Storage, config: &Config, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let every = Duration::from_secs(config.reap_interval_seconds.max(1));
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = crate::delivery::websocket::stopped(&mut shutdown) => break,
+            }
+            match storage.queue.reap(crate::domain::now_millis()).await {
+                Ok(0) => {}
+                Ok(count) => {
+                    metrics::counter!("sealpost_envelopes_expired_total").increment(count);
+                    tracing::debug!(count, "reaped expired envelopes");
+                }
+                Err(err) => tracing::warn!(error = %err, "reaper failed"),
+            }
+        }
+    });
+}
