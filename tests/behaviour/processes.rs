@@ -11,10 +11,17 @@ use crate::harness::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sealpost");
 
-/// A running `sealpost serve` and its API address.
+/// A running `sealpost serve`, its API address and everything it printed.
 struct Process {
     child: Child,
     base: String,
+    output: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Process {
+    fn output(&self) -> String {
+        self.output.lock().expect("output lock").clone()
+    }
 }
 
 async fn spawn_server(envs: &[(&str, String)]) -> Process {
@@ -32,25 +39,39 @@ async fn spawn_server(envs: &[(&str, String)]) -> Process {
         command.env(key, value);
     }
     let mut child = command.spawn().expect("spawn sealpost");
+    let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let stderr = child.stderr.take().expect("stderr");
+    let sink = output.clone();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            sink.lock().expect("lock").push_str(&format!("{line}\n"));
+        }
+    });
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
-    let mut seen = Vec::new();
+    let sink = output.clone();
     let base = tokio::time::timeout(Duration::from_secs(30), async {
         while let Ok(Some(line)) = lines.next_line().await {
+            sink.lock().expect("lock").push_str(&format!("{line}\n"));
             if let Some(rest) = line.split("listening on ").nth(1) {
                 return rest.split_whitespace().next().map(str::to_owned);
             }
-            seen.push(line);
         }
         None
     })
     .await
     .ok()
     .flatten()
-    .unwrap_or_else(|| panic!("server did not start; output so far: {seen:?}"));
-    // Keep draining so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Process { child, base }
+    .unwrap_or_else(|| panic!("server did not start; output so far: {}", sink.lock().expect("lock")));
+    // Keep collecting so the child never blocks on a full pipe.
+    let sink = output.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            sink.lock().expect("lock").push_str(&format!("{line}\n"));
+        }
+    });
+    Process { child, base, output }
 }
 
 async fn run_cli(args: &[&str], envs: &[(&str, String)]) -> (bool, String) {
@@ -161,7 +182,7 @@ async fn cli_migrates_masks_secrets_and_manages_accounts() {
     let envs =
         vec![("SEALPOST_DATA_DIR", dir.display().to_string()), ("SEALPOST_REGISTRATION_POLICY", "invite".to_owned())];
     let (ok, out) = run_cli(&["migrate"], &envs).await;
-    assert!(ok && out.contains("applied 2 migration(s)"), "{out}");
+    assert!(ok && out.contains("applied 3 migration(s)"), "{out}");
     let (ok, out) = run_cli(&["migrate"], &envs).await;
     assert!(ok && out.contains("applied 0 migration(s)"), "{out}");
 
@@ -263,3 +284,172 @@ impl Remote {
             .as_u16()
     }
 }
+
+fn backend_env(backend: Backend, dir: &std::path::Path) -> (Vec<(&'static str, String)>, Option<String>) {
+    let mut envs = vec![("SEALPOST_DATA_DIR", dir.display().to_string())];
+    let mut schema = None;
+    if backend == Backend::ScaleOut {
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        envs.push(("SEALPOST_DATABASE_URL", database_url()));
+        envs.push(("SEALPOST_DATABASE_SCHEMA", name.clone()));
+        envs.push(("SEALPOST_REDIS_URL", redis_url()));
+        envs.push(("SEALPOST_REDIS_KEY_PREFIX", format!("{name}:")));
+        schema = Some(name);
+    }
+    (envs, schema)
+}
+
+async fn cleanup(schema: Option<String>, dir: std::path::PathBuf) {
+    if let Some(schema) = schema {
+        drop_schema(&schema).await;
+        delete_prefix(&format!("{schema}:")).await;
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A registered device of a server in another process, with keys uploaded.
+struct RemoteUser {
+    aci: String,
+    token: String,
+    registration_id: u16,
+}
+
+async fn remote_user(base: &str) -> RemoteUser {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let http = reqwest::Client::new();
+    let identity = sealpost::crypto::xeddsa::KeyPair::generate();
+    let secret: [u8; 32] = sealpost::crypto::random_bytes();
+    let created: serde_json::Value = http
+        .post(format!("{base}/v1/accounts"))
+        .json(&serde_json::json!({
+            "identityKey": b64.encode(identity.public_serialized()),
+            "registrationId": 321,
+            "deviceSecret": b64.encode(secret),
+        }))
+        .send()
+        .await
+        .expect("register")
+        .json()
+        .await
+        .expect("json");
+    let aci = created["aci"].as_str().expect("aci").to_owned();
+    let token: serde_json::Value = http
+        .post(format!("{base}/v1/auth/token"))
+        .header("authorization", format!("Basic {}", b64.encode(format!("{aci}.1:{}", b64.encode(secret)))))
+        .send()
+        .await
+        .expect("token")
+        .json()
+        .await
+        .expect("json");
+    let token = token["token"].as_str().expect("token").to_owned();
+    let status = http
+        .put(format!("{base}/v1/keys"))
+        .bearer_auth(&token)
+        .json(&full_upload(&identity, 2))
+        .send()
+        .await
+        .expect("keys")
+        .status();
+    assert_eq!(status, 204);
+    RemoteUser { aci, token, registration_id: 321 }
+}
+
+async fn remote_send(base: &str, from: &RemoteUser, to: &RemoteUser, content: &[u8]) -> u16 {
+    use base64::Engine;
+    reqwest::Client::new()
+        .put(format!("{base}/v1/messages/{}", to.aci))
+        .bearer_auth(&from.token)
+        .json(&serde_json::json!({"messages": [{
+            "type": 1, "destinationDeviceId": 1, "destinationRegistrationId": to.registration_id,
+            "content": base64::engine::general_purpose::STANDARD.encode(content)}], "timestamp": 1}))
+        .send()
+        .await
+        .expect("send")
+        .status()
+        .as_u16()
+}
+
+async fn remote_pending(base: &str, user: &RemoteUser) -> serde_json::Value {
+    reqwest::Client::new()
+        .get(format!("{base}/v1/messages"))
+        .bearer_auth(&user.token)
+        .send()
+        .await
+        .expect("pending")
+        .json()
+        .await
+        .expect("json")
+}
+
+/// A send answered 200 is on disk (SQLite) or in Redis before the answer: killing the server with SIGKILL
+/// right after loses nothing.
+async fn accepted_envelopes_survive_a_crash(backend: Backend) {
+    let dir = temp_dir();
+    let (envs, schema) = backend_env(backend, &dir);
+    let mut first = spawn_server(&envs).await;
+    let bob = remote_user(&first.base).await;
+    let alice = remote_user(&first.base).await;
+    for i in 0..20u32 {
+        assert_eq!(remote_send(&first.base, &alice, &bob, &i.to_be_bytes()).await, 200);
+    }
+    first.child.kill().await.expect("SIGKILL");
+    let second = spawn_server(&envs).await;
+    let pending = remote_pending(&second.base, &bob).await;
+    assert_eq!(pending["messages"].as_array().map(Vec::len), Some(20), "{pending}");
+    drop(second);
+    cleanup(schema, dir).await;
+}
+
+/// Runs a whole exchange with debug logging and checks that the logs name no account, envelope, content,
+/// token or client address.
+async fn logs_carry_no_identifiers_or_content(backend: Backend) {
+    use base64::Engine;
+    let dir = temp_dir();
+    let (mut envs, schema) = backend_env(backend, &dir);
+    envs.push(("SEALPOST_LOG", "sealpost=debug,info".to_owned()));
+    let server = spawn_server(&envs).await;
+    let bob = remote_user(&server.base).await;
+    let alice = remote_user(&server.base).await;
+    let mut socket = crate::socket::Socket::connect(&server.base, &bob.token).await;
+    socket.expect_queue_empty().await;
+    let content = b"the content must never be logged";
+    assert_eq!(remote_send(&server.base, &alice, &bob, content).await, 200);
+    let (id, envelope) = socket.envelope().await;
+    socket.respond(id, 200).await;
+    let status = reqwest::Client::new()
+        .get(format!("{}/v1/keys/{}/1", server.base, bob.aci))
+        .bearer_auth(&alice.token)
+        .send()
+        .await
+        .expect("bundle")
+        .status();
+    assert_eq!(status, 200);
+    socket.request(9, "GET", "/v1/keepalive").await;
+    let _ = socket.next().await;
+    socket.close().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let output = server.output();
+    assert!(output.contains("request"), "debug request logs were written: {output}");
+    let guid = uuid::Uuid::from_slice(envelope.server_guid.as_deref().expect("guid")).expect("uuid").to_string();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    for (what, needle) in [
+        ("bob's aci", bob.aci.clone()),
+        ("alice's aci", alice.aci.clone()),
+        ("envelope guid", guid),
+        ("content", b64.encode(content)),
+        ("token", bob.token.clone()),
+        ("token signature", bob.token.rsplit('.').next().expect("sig").to_owned()),
+    ] {
+        assert!(!output.contains(&needle), "the logs contain {what}: {output}");
+    }
+    for line in output.lines().filter(|l| l.contains("127.0.0.1")) {
+        assert!(line.contains("listening on") || line.contains("metrics on"), "an address in the logs: {line}");
+    }
+    drop(server);
+    cleanup(schema, dir).await;
+}
+
+crate::both_backends!(accepted_envelopes_survive_a_crash, logs_carry_no_identifiers_or_content);
