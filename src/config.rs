@@ -293,6 +293,20 @@ config_struct! {
     max_queue_len: u32 = "10000", "SEALPOST_MAX_QUEUE_LEN", false;
     /// Longest envelope lifetime, in seconds; also the lifetime when a send names none.
     max_message_ttl_seconds: u64 = "2592000", "SEALPOST_MAX_MESSAGE_TTL_SECONDS", false;
+    /// Lifetime of a device link code from `GET /v1/devices/provisioning/code`, in seconds.
+    link_code_ttl_seconds: u64 = "600", "SEALPOST_LINK_CODE_TTL_SECONDS", false;
+    /// Largest relayed provisioning message, in bytes after base64 decoding.
+    max_provisioning_message_bytes: usize = "65536", "SEALPOST_MAX_PROVISIONING_MESSAGE_BYTES", false;
+    /// Largest encrypted device name, in bytes after base64 decoding.
+    max_device_name_bytes: usize = "256", "SEALPOST_MAX_DEVICE_NAME_BYTES", false;
+    /// Seconds a provisioning socket waits for its message before closing.
+    provisioning_timeout_seconds: u64 = "600", "SEALPOST_PROVISIONING_TIMEOUT_SECONDS", false;
+    /// Provisioning sockets opened per client IP.
+    limit_provisioning_per_ip: RateLimit = "60/1h", "SEALPOST_LIMIT_PROVISIONING_PER_IP", false;
+    /// Link codes issued per account.
+    limit_link_codes_per_account: RateLimit = "20/1h", "SEALPOST_LIMIT_LINK_CODES_PER_ACCOUNT", false;
+    /// Device link attempts per client IP (each consumes the code it names).
+    limit_link_per_ip: RateLimit = "30/1h", "SEALPOST_LIMIT_LINK_PER_IP", false;
     /// Sends per sender and recipient (sender = device, or client IP for sealed sender).
     limit_messages_per_sender_recipient: RateLimit = "1200/1m", "SEALPOST_LIMIT_MESSAGES_PER_SENDER_RECIPIENT", false;
     /// Unacknowledged envelopes in flight on one WebSocket.

@@ -71,6 +71,10 @@ pub enum ApiError {
     MismatchedDevices { missing: Vec<u32>, extra: Vec<u32> },
     #[error("the recipient's queue is full")]
     QueueFull,
+    #[error("verification code is unknown, used or expired")]
+    InvalidVerificationCode,
+    #[error("the account already has the most devices allowed")]
+    TooManyDevices,
     #[error("internal error")]
     Internal(String),
 }
@@ -117,6 +121,8 @@ impl ApiError {
             StaleDevices(_) => StatusCode::GONE,
             MismatchedDevices { .. } => StatusCode::CONFLICT,
             QueueFull => StatusCode::INSUFFICIENT_STORAGE,
+            InvalidVerificationCode => StatusCode::FORBIDDEN,
+            TooManyDevices => StatusCode::CONFLICT,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -154,6 +160,8 @@ impl ApiError {
             StaleDevices(_) => "stale_devices",
             MismatchedDevices { .. } => "mismatched_devices",
             QueueFull => "queue_full",
+            InvalidVerificationCode => "invalid_verification_code",
+            TooManyDevices => "too_many_devices",
             Internal(_) => "internal_error",
         }
     }

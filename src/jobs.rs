@@ -1,4 +1,4 @@
-//! Background jobs of one instance: the reaper that deletes expired envelopes.
+//! Background jobs of one instance: the reaper that deletes expired envelopes, invite codes and link codes.
 //!
 //! Expired envelopes are already invisible (every read filters on expiry); the reaper only gives their
 //! space back. In the scale-out deployment Redis expires queues itself, so the reaper has nothing to do
@@ -26,6 +26,9 @@ pub fn start(storage: Storage, config: &Config, mut shutdown: tokio::sync::watch
                     tracing::debug!(count, "reaped expired envelopes");
                 }
                 Err(err) => tracing::warn!(error = %err, "reaper failed"),
+            }
+            if let Err(err) = storage.accounts.reap_codes(crate::domain::now_millis()).await {
+                tracing::warn!(error = %err, "code reaper failed");
             }
         }
     });

@@ -24,8 +24,11 @@ use crate::http::extract::Json;
 use crate::http::{App, ClientIp};
 use crate::storage::{CreateAccountError, NewAccount};
 
+pub mod linking;
+
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
+        .merge(linking::routes())
         .route("/v1/accounts", post(register))
         .route("/v1/accounts/me", delete(delete_account))
         .route("/v1/accounts/me/attributes", put(set_attributes))
@@ -134,6 +137,8 @@ async fn token(State(app): State<Arc<App>>, ip: ClientIp, headers: HeaderMap) ->
 #[serde(rename_all = "camelCase")]
 struct DeviceView {
     id: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
     created: i64,
     last_seen: i64,
 }
@@ -148,7 +153,12 @@ async fn list_devices(State(app): State<Arc<App>>, authed: AuthedDevice) -> Resu
     Ok(axum::Json(DeviceList {
         devices: devices
             .into_iter()
-            .map(|d| DeviceView { id: d.id.0, created: d.created_at, last_seen: d.last_seen_day })
+            .map(|d| DeviceView {
+                id: d.id.0,
+                name: d.name.as_deref().map(crate::domain::encode_b64),
+                created: d.created_at,
+                last_seen: d.last_seen_day,
+            })
             .collect(),
     }))
 }

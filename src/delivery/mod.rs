@@ -8,6 +8,7 @@
 //! Never: parses or logs envelope content, or logs which account or device is connected.
 
 pub mod proto;
+pub mod provisioning;
 pub mod websocket;
 
 use std::collections::HashMap;
@@ -16,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 use crate::domain::{Aci, DeviceId};
-use crate::storage::{Bus, BusEvent, StoreResult};
+use crate::storage::{Bus, BusEvent, BusMessage, StoreResult};
 
 /// Events waiting for one socket; beyond this the socket is too slow and further wakes are dropped (the
 /// socket re-reads its queue anyway once it catches up).
@@ -27,6 +28,8 @@ type Sockets = HashMap<(Aci, DeviceId), Vec<(u64, mpsc::Sender<BusEvent>)>>;
 /// This instance's open sockets, fed by the bus.
 pub struct Hub {
     sockets: Mutex<Sockets>,
+    /// Provisioning sockets by address: each waits for one message.
+    provisioning: Mutex<HashMap<String, tokio::sync::oneshot::Sender<Vec<u8>>>>,
     bus: Arc<dyn Bus>,
     /// Serialises subscribe/unsubscribe so a quick reconnect can never end unsubscribed.
     subscriptions: tokio::sync::Mutex<()>,
@@ -41,13 +44,21 @@ pub struct Registration {
 impl Hub {
     /// Creates the hub and starts dispatching the bus's events to local sockets.
     pub fn start(bus: Arc<dyn Bus>) -> Arc<Hub> {
-        let hub = Arc::new(Hub { sockets: Mutex::default(), bus: bus.clone(), subscriptions: Default::default() });
+        let hub = Arc::new(Hub {
+            sockets: Mutex::default(),
+            provisioning: Mutex::default(),
+            bus: bus.clone(),
+            subscriptions: Default::default(),
+        });
         if let Some(mut events) = bus.events() {
             let weak = Arc::downgrade(&hub);
             tokio::spawn(async move {
-                while let Some((aci, device, event)) = events.recv().await {
+                while let Some(message) = events.recv().await {
                     let Some(hub) = weak.upgrade() else { break };
-                    hub.dispatch(aci, device, event);
+                    match message {
+                        BusMessage::Device(aci, device, event) => hub.dispatch(aci, device, event),
+                        BusMessage::Provisioning(address, body) => hub.deliver_provisioning(&address, body),
+                    }
                 }
             });
         }
@@ -121,6 +132,30 @@ impl Hub {
                     let _ = sender.send(event).await;
                 });
             }
+        }
+    }
+
+    /// Registers a provisioning socket under a fresh random address; the receiver yields the one message
+    /// relayed to it.
+    pub async fn register_provisioning(&self) -> StoreResult<(String, tokio::sync::oneshot::Receiver<Vec<u8>>)> {
+        use base64::Engine;
+        let address = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(crate::crypto::random_bytes::<16>());
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        self.provisioning.lock().unwrap_or_else(|p| p.into_inner()).insert(address.clone(), sender);
+        self.bus.subscribe_provisioning(&address).await?;
+        Ok((address, receiver))
+    }
+
+    pub async fn unregister_provisioning(&self, address: &str) {
+        self.provisioning.lock().unwrap_or_else(|p| p.into_inner()).remove(address);
+        if let Err(err) = self.bus.unsubscribe_provisioning(address).await {
+            tracing::warn!(error = %err, "bus unsubscribe failed");
+        }
+    }
+
+    fn deliver_provisioning(&self, address: &str, body: Vec<u8>) {
+        if let Some(sender) = self.provisioning.lock().unwrap_or_else(|p| p.into_inner()).remove(address) {
+            let _ = sender.send(body);
         }
     }
 

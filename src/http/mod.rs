@@ -45,6 +45,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(crate::keys::routes())
         .merge(crate::messages::routes())
         .merge(crate::delivery::websocket::routes())
+        .merge(crate::delivery::provisioning::routes())
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(app.config.max_request_bytes))

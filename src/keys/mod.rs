@@ -37,7 +37,7 @@ const MAX_KEY_ID: i64 = 0xFF_FFFF;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct SignedKeyJson {
+pub(crate) struct SignedKeyJson {
     key_id: i64,
     public_key: String,
     signature: String,
@@ -85,7 +85,7 @@ fn verify(identity: &EcPublicKey, field: &'static str, message: &[u8], signature
     }
 }
 
-fn signed_ec(identity: &EcPublicKey, json: &SignedKeyJson) -> Result<SignedEcKey, ApiError> {
+pub(crate) fn signed_ec(identity: &EcPublicKey, json: &SignedKeyJson) -> Result<SignedEcKey, ApiError> {
     let key = SignedEcKey {
         key_id: key_id(json.key_id)?,
         public_key: EcPublicKey::from_b64("signedPreKey.publicKey", &json.public_key)?,
@@ -95,7 +95,11 @@ fn signed_ec(identity: &EcPublicKey, json: &SignedKeyJson) -> Result<SignedEcKey
     Ok(key)
 }
 
-fn signed_kem(identity: &EcPublicKey, field: &'static str, json: &SignedKeyJson) -> Result<SignedKemKey, ApiError> {
+pub(crate) fn signed_kem(
+    identity: &EcPublicKey,
+    field: &'static str,
+    json: &SignedKeyJson,
+) -> Result<SignedKemKey, ApiError> {
     let key = SignedKemKey {
         key_id: key_id(json.key_id)?,
         public_key: KemPublicKey::from_b64(field, &json.public_key)?,

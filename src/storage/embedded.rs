@@ -271,7 +271,7 @@ impl AccountStore for Sqlite {
 
     async fn devices(&self, aci: Aci) -> StoreResult<Vec<Device>> {
         let rows = sqlx::query(
-            "SELECT device_id, registration_id, created_at, last_seen_day FROM devices WHERE aci = ? ORDER BY device_id",
+            "SELECT device_id, registration_id, created_at, last_seen_day, name FROM devices WHERE aci = ? ORDER BY device_id",
         )
         .bind(aci_text(aci))
         .fetch_all(&self.pool)
@@ -283,6 +283,7 @@ impl AccountStore for Sqlite {
                     registration_id: registration_id(row.try_get("registration_id")?)?,
                     created_at: row.try_get("created_at")?,
                     last_seen_day: row.try_get("last_seen_day")?,
+                    name: row.try_get("name")?,
                 })
             })
             .collect()
@@ -310,6 +311,33 @@ impl AccountStore for Sqlite {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn create_link_code(&self, code_hash: [u8; 32], aci: Aci, expires_at: i64) -> StoreResult<()> {
+        sqlx::query("INSERT INTO link_codes (code_hash, aci, expires_at) VALUES (?, ?, ?)")
+            .bind(&code_hash[..])
+            .bind(aci_text(aci))
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn consume_link_code(&self, code_hash: [u8; 32], now: i64) -> StoreResult<Option<Aci>> {
+        let row = sqlx::query("DELETE FROM link_codes WHERE code_hash = ? RETURNING aci, expires_at")
+            .bind(&code_hash[..])
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let expires_at: i64 = row.try_get("expires_at")?;
+        Ok((expires_at > now)
+            .then_some(Aci::parse(&row.try_get::<String, _>("aci")?).ok_or(StoreError::Corrupt("aci"))?))
+    }
+
+    async fn reap_codes(&self, now: i64) -> StoreResult<u64> {
+        let links = sqlx::query("DELETE FROM link_codes WHERE expires_at <= ?").bind(now).execute(&self.pool).await?;
+        let invites = sqlx::query("DELETE FROM invites WHERE expires_at <= ?").bind(now).execute(&self.pool).await?;
+        Ok(links.rows_affected() + invites.rows_affected())
     }
 
     async fn ping(&self) -> StoreResult<()> {
@@ -658,14 +686,20 @@ impl RateLimitStore for MemoryLimits {
 /// In-process bus: events go straight to this process's delivery hub.
 pub struct LocalBus {
     subscribed: Mutex<std::collections::HashSet<(Aci, DeviceId)>>,
-    sender: tokio::sync::mpsc::UnboundedSender<(Aci, DeviceId, BusEvent)>,
-    receiver: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(Aci, DeviceId, BusEvent)>>>,
+    provisioning: Mutex<std::collections::HashSet<String>>,
+    sender: tokio::sync::mpsc::UnboundedSender<BusMessage>,
+    receiver: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<BusMessage>>>,
 }
 
 impl LocalBus {
     pub fn new() -> Self {
         let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
-        LocalBus { subscribed: Mutex::default(), sender, receiver: Mutex::new(Some(receiver)) }
+        LocalBus {
+            subscribed: Mutex::default(),
+            provisioning: Mutex::default(),
+            sender,
+            receiver: Mutex::new(Some(receiver)),
+        }
     }
 }
 
@@ -681,7 +715,7 @@ impl Bus for LocalBus {
         let listening = self.subscribed.lock().unwrap_or_else(|p| p.into_inner()).contains(&(aci, device));
         if listening {
             // The receiver lives as long as the hub; a send error only means the server is stopping.
-            let _ = self.sender.send((aci, device, event));
+            let _ = self.sender.send(BusMessage::Device(aci, device, event));
         }
         Ok(listening)
     }
@@ -696,7 +730,25 @@ impl Bus for LocalBus {
         Ok(())
     }
 
-    fn events(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<(Aci, DeviceId, BusEvent)>> {
+    async fn publish_provisioning(&self, address: &str, body: Vec<u8>) -> StoreResult<bool> {
+        let listening = self.provisioning.lock().unwrap_or_else(|p| p.into_inner()).contains(address);
+        if listening {
+            let _ = self.sender.send(BusMessage::Provisioning(address.to_owned(), body));
+        }
+        Ok(listening)
+    }
+
+    async fn subscribe_provisioning(&self, address: &str) -> StoreResult<()> {
+        self.provisioning.lock().unwrap_or_else(|p| p.into_inner()).insert(address.to_owned());
+        Ok(())
+    }
+
+    async fn unsubscribe_provisioning(&self, address: &str) -> StoreResult<()> {
+        self.provisioning.lock().unwrap_or_else(|p| p.into_inner()).remove(address);
+        Ok(())
+    }
+
+    fn events(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<BusMessage>> {
         self.receiver.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }

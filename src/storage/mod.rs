@@ -93,6 +93,8 @@ pub struct Device {
     pub created_at: i64,
     /// Start of the UTC day the device last obtained a token.
     pub last_seen_day: i64,
+    /// Client-encrypted name, opaque to the server.
+    pub name: Option<Vec<u8>>,
 }
 
 /// Accounts, devices and invite codes: durable records.
@@ -129,6 +131,11 @@ pub trait AccountStore: Send + Sync {
     /// Removes the account and everything durable that belongs to it.
     async fn delete_account(&self, aci: Aci) -> StoreResult<bool>;
     async fn set_access(&self, aci: Aci, key: Option<AccessKey>, unrestricted: bool) -> StoreResult<bool>;
+    async fn create_link_code(&self, code_hash: [u8; 32], aci: Aci, expires_at: i64) -> StoreResult<()>;
+    /// Deletes an unexpired link code and returns its account: a code works once, whatever happens next.
+    async fn consume_link_code(&self, code_hash: [u8; 32], now: i64) -> StoreResult<Option<Aci>>;
+    /// Deletes expired invite and link codes; returns how many.
+    async fn reap_codes(&self, now: i64) -> StoreResult<u64>;
     async fn ping(&self) -> StoreResult<()>;
 }
 
@@ -290,7 +297,16 @@ impl BusEvent {
     }
 }
 
-/// Fan-out of [`BusEvent`]s to whichever instance holds a device's sockets.
+/// What the bus hands to this instance's delivery hub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusMessage {
+    Device(Aci, DeviceId, BusEvent),
+    /// A provisioning message for the socket holding this address.
+    Provisioning(String, Vec<u8>),
+}
+
+/// Fan-out of [`BusEvent`]s to whichever instance holds a device's sockets, and of provisioning messages
+/// to whichever instance holds a provisioning socket.
 #[async_trait]
 pub trait Bus: Send + Sync {
     /// Sends an event to every instance subscribed to the device; true when at least one is.
@@ -298,8 +314,12 @@ pub trait Bus: Send + Sync {
     /// Starts receiving the device's events on this instance (see [`Bus::events`]).
     async fn subscribe(&self, aci: Aci, device: DeviceId) -> StoreResult<()>;
     async fn unsubscribe(&self, aci: Aci, device: DeviceId) -> StoreResult<()>;
-    /// The stream of events for devices this instance subscribed to. Taken once, by the delivery hub.
-    fn events(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<(Aci, DeviceId, BusEvent)>>;
+    /// Sends a provisioning message to the socket holding `address`; true when one was listening.
+    async fn publish_provisioning(&self, address: &str, body: Vec<u8>) -> StoreResult<bool>;
+    async fn subscribe_provisioning(&self, address: &str) -> StoreResult<()>;
+    async fn unsubscribe_provisioning(&self, address: &str) -> StoreResult<()>;
+    /// The stream of messages for what this instance subscribed to. Taken once, by the delivery hub.
+    fn events(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<BusMessage>>;
 }
 
 /// Token buckets keyed by an opaque pseudonym (never a raw IP or id).

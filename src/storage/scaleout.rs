@@ -259,7 +259,7 @@ impl AccountStore for Postgres {
 
     async fn devices(&self, aci: Aci) -> StoreResult<Vec<Device>> {
         let rows = sqlx::query(
-            "SELECT device_id, registration_id, created_at, last_seen_day FROM devices WHERE aci = $1 ORDER BY device_id",
+            "SELECT device_id, registration_id, created_at, last_seen_day, name FROM devices WHERE aci = $1 ORDER BY device_id",
         )
         .bind(aci.0)
         .fetch_all(&self.pool)
@@ -271,6 +271,7 @@ impl AccountStore for Postgres {
                     registration_id: registration_id(row.try_get("registration_id")?)?,
                     created_at: row.try_get("created_at")?,
                     last_seen_day: row.try_get("last_seen_day")?,
+                    name: row.try_get("name")?,
                 })
             })
             .collect()
@@ -298,6 +299,32 @@ impl AccountStore for Postgres {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn create_link_code(&self, code_hash: [u8; 32], aci: Aci, expires_at: i64) -> StoreResult<()> {
+        sqlx::query("INSERT INTO link_codes (code_hash, aci, expires_at) VALUES ($1, $2, $3)")
+            .bind(&code_hash[..])
+            .bind(aci.0)
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn consume_link_code(&self, code_hash: [u8; 32], now: i64) -> StoreResult<Option<Aci>> {
+        let row = sqlx::query("DELETE FROM link_codes WHERE code_hash = $1 RETURNING aci, expires_at")
+            .bind(&code_hash[..])
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let expires_at: i64 = row.try_get("expires_at")?;
+        Ok((expires_at > now).then_some(Aci(row.try_get("aci")?)))
+    }
+
+    async fn reap_codes(&self, now: i64) -> StoreResult<u64> {
+        let links = sqlx::query("DELETE FROM link_codes WHERE expires_at <= $1").bind(now).execute(&self.pool).await?;
+        let invites = sqlx::query("DELETE FROM invites WHERE expires_at <= $1").bind(now).execute(&self.pool).await?;
+        Ok(links.rows_affected() + invites.rows_affected())
     }
 
     async fn ping(&self) -> StoreResult<()> {
@@ -767,7 +794,8 @@ pub struct RedisBus {
     publisher: RedisPool,
     subscriber: fred::clients::SubscriberClient,
     channel_prefix: String,
-    receiver: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(Aci, DeviceId, BusEvent)>>>,
+    provisioning_prefix: String,
+    receiver: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<BusMessage>>>,
 }
 
 impl RedisBus {
@@ -779,13 +807,22 @@ impl RedisBus {
         // The returned handle only joins the background task; dropping it detaches the task.
         drop(subscriber.manage_subscriptions());
         let channel_prefix = format!("{prefix}dev:");
+        let provisioning_prefix = format!("{prefix}prov:");
         let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
         let mut messages = subscriber.message_rx();
         let strip = channel_prefix.clone();
+        let strip_provisioning = provisioning_prefix.clone();
         tokio::spawn(async move {
             loop {
                 match messages.recv().await {
                     Ok(message) => {
+                        if let Some(address) = message.channel.strip_prefix(strip_provisioning.as_str()) {
+                            let body = bytes_of(&message.value).map(<[u8]>::to_vec).unwrap_or_default();
+                            if sender.send(BusMessage::Provisioning(address.to_owned(), body)).is_err() {
+                                break;
+                            }
+                            continue;
+                        }
                         let Some((aci, device)) = message
                             .channel
                             .strip_prefix(strip.as_str())
@@ -795,7 +832,7 @@ impl RedisBus {
                             continue;
                         };
                         let Some(event) = bytes_of(&message.value).and_then(BusEvent::decode) else { continue };
-                        if sender.send((aci, device, event)).is_err() {
+                        if sender.send(BusMessage::Device(aci, device, event)).is_err() {
                             break;
                         }
                     }
@@ -806,7 +843,13 @@ impl RedisBus {
                 }
             }
         });
-        Ok(RedisBus { publisher, subscriber, channel_prefix, receiver: std::sync::Mutex::new(Some(receiver)) })
+        Ok(RedisBus {
+            publisher,
+            subscriber,
+            channel_prefix,
+            provisioning_prefix,
+            receiver: std::sync::Mutex::new(Some(receiver)),
+        })
     }
 
     fn channel(&self, aci: Aci, device: DeviceId) -> String {
@@ -835,7 +878,26 @@ impl Bus for RedisBus {
         Ok(())
     }
 
-    fn events(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<(Aci, DeviceId, BusEvent)>> {
+    async fn publish_provisioning(&self, address: &str, body: Vec<u8>) -> StoreResult<bool> {
+        use fred::prelude::PubsubInterface;
+        let channel = format!("{}{address}", self.provisioning_prefix);
+        let receivers: i64 = self.publisher.next().publish(channel, RedisValue::Bytes(body.into())).await?;
+        Ok(receivers > 0)
+    }
+
+    async fn subscribe_provisioning(&self, address: &str) -> StoreResult<()> {
+        use fred::prelude::PubsubInterface;
+        self.subscriber.subscribe(format!("{}{address}", self.provisioning_prefix)).await?;
+        Ok(())
+    }
+
+    async fn unsubscribe_provisioning(&self, address: &str) -> StoreResult<()> {
+        use fred::prelude::PubsubInterface;
+        self.subscriber.unsubscribe(format!("{}{address}", self.provisioning_prefix)).await?;
+        Ok(())
+    }
+
+    fn events(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<BusMessage>> {
         self.receiver.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }

@@ -4,6 +4,7 @@ mod harness;
 
 mod accounts;
 mod keys;
+mod linking;
 mod messages;
 mod operations;
 mod processes;

@@ -182,7 +182,10 @@ async fn cli_migrates_masks_secrets_and_manages_accounts() {
     let envs =
         vec![("SEALPOST_DATA_DIR", dir.display().to_string()), ("SEALPOST_REGISTRATION_POLICY", "invite".to_owned())];
     let (ok, out) = run_cli(&["migrate"], &envs).await;
-    assert!(ok && out.contains("applied 3 migration(s)"), "{out}");
+    assert!(
+        ok && out.contains("applied ") && !out.contains("applied 0 "),
+        "the first migrate applies the schema: {out}"
+    );
     let (ok, out) = run_cli(&["migrate"], &envs).await;
     assert!(ok && out.contains("applied 0 migration(s)"), "{out}");
 
