@@ -67,6 +67,7 @@ pub struct TestServer {
     pub config: Config,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    secrets: std::sync::Mutex<Vec<String>>,
 }
 
 pub async fn start(backend: Backend) -> TestServer {
@@ -80,6 +81,7 @@ pub async fn start_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Te
 }
 
 pub async fn start_config(config: Config) -> TestServer {
+    logs::install();
     let app = match sealpost::build_app(config.clone()).await {
         Ok(app) => app,
         Err(err) => panic!(
@@ -96,7 +98,16 @@ pub async fn start_config(config: Config) -> TestServer {
         let _ = stopped.await;
     }));
     let http = reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("client");
-    TestServer { base, metrics_base, app, http, config, stop: Some(stop), task: Some(task) }
+    TestServer {
+        base,
+        metrics_base,
+        app,
+        http,
+        config,
+        stop: Some(stop),
+        task: Some(task),
+        secrets: Default::default(),
+    }
 }
 
 /// A response as the tests look at it.
@@ -142,6 +153,7 @@ impl TestServer {
             Auth::Header(name, value) => request.header(name, value),
         };
         if let Some(body) = body {
+            self.remember_secrets(&body);
             request = request.json(&body);
         }
         let response = request.send().await.expect("request reaches the server");
@@ -154,6 +166,7 @@ impl TestServer {
             serde_json::from_slice(&bytes)
                 .unwrap_or_else(|_| panic!("non-JSON body: {}", String::from_utf8_lossy(&bytes)))
         };
+        self.remember_secrets(&body);
         Reply { status, headers, body }
     }
 
@@ -258,6 +271,31 @@ impl TestServer {
         linked
     }
 
+    /// Notes every identifier, token, key and content a request or response carried, so [`Self::stop`]
+    /// can check that none of them reached the logs.
+    fn remember_secrets(&self, value: &Value) {
+        const FIELDS: [&str; 8] =
+            ["aci", "guid", "token", "content", "identityKey", "deviceSecret", "unidentifiedAccessKey", "body"];
+        let mut found = Vec::new();
+        collect(value, &FIELDS, &mut found);
+        self.secrets.lock().expect("lock").extend(found.into_iter().filter(|s| s.len() >= 8));
+
+        fn collect(value: &Value, fields: &[&str], out: &mut Vec<String>) {
+            match value {
+                Value::Object(map) => {
+                    for (key, inner) in map {
+                        match inner {
+                            Value::String(s) if fields.contains(&key.as_str()) => out.push(s.clone()),
+                            other => collect(other, fields, out),
+                        }
+                    }
+                }
+                Value::Array(items) => items.iter().for_each(|item| collect(item, fields, out)),
+                _ => {}
+            }
+        }
+    }
+
     /// Stops the server and removes the test's schema, keys and data directory.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
@@ -273,6 +311,11 @@ impl TestServer {
             delete_prefix(&self.config.redis_key_prefix).await;
         }
         let _ = std::fs::remove_dir_all(&self.config.data_dir);
+        let logs = logs::captured();
+        assert!(logs.contains("request"), "request logs are being captured");
+        for secret in self.secrets.lock().expect("lock").iter() {
+            assert!(!logs.contains(secret.as_str()), "the server's logs contain a value a client sent or received");
+        }
     }
 }
 
@@ -366,4 +409,43 @@ macro_rules! both_backends {
             }
         }
     )*};
+}
+
+/// Every test server in this process logs (at debug level for sealpost) into one buffer; each server's
+/// `stop` checks it for the values its test exchanged. `TEST_LOG=1` also prints the logs.
+pub mod logs {
+    use std::io::Write;
+    use std::sync::{Mutex, Once};
+
+    static BUFFER: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+    struct Capture;
+
+    impl Write for Capture {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            BUFFER.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(bytes);
+            if std::env::var_os("TEST_LOG").is_some() {
+                std::io::stderr().write_all(bytes)?;
+            }
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    pub fn install() {
+        static ONCE: Once = Once::new();
+        ONCE.call_once(|| {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new("sealpost=debug,info"))
+                .with_ansi(false)
+                .with_writer(|| Capture)
+                .try_init();
+        });
+    }
+
+    pub fn captured() -> String {
+        String::from_utf8_lossy(&BUFFER.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    }
 }
