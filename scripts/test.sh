@@ -83,6 +83,30 @@ log "Rust tests (unit, behaviour suite on embedded and scale-out)"
 cargo build --bins
 cargo test --all-targets
 
+# The scale-out suite again on a three-node Redis Cluster, through the same code path (fred's cluster
+# configuration from a redis-cluster:// URL).
+log "scale-out behaviour suite on a throwaway three-node Redis Cluster"
+cluster_ports=()
+for _ in 1 2 3; do
+    port="$(free_port)"
+    mkdir -p "$SCRATCH/cluster-$port"
+    redis-server --port "$port" --bind 127.0.0.1 --cluster-enabled yes --cluster-config-file "$SCRATCH/cluster-$port/nodes.conf" \
+        --save '' --appendonly no --daemonize yes --dir "$SCRATCH/cluster-$port" --logfile "$SCRATCH/cluster-$port/log" >/dev/null
+    CLEANUP+=("redis-cli -p $port shutdown nosave >/dev/null 2>&1")
+    cluster_ports+=("$port")
+done
+for port in "${cluster_ports[@]}"; do
+    for _ in $(seq 50); do redis_up "redis://127.0.0.1:$port" && break; sleep 0.1; done
+done
+redis-cli --cluster create "${cluster_ports[@]/#/127.0.0.1:}" --cluster-replicas 0 --cluster-yes >"$SCRATCH/cluster-create.log" 2>&1 ||
+    { cat "$SCRATCH/cluster-create.log" >&2; fail "could not create the Redis Cluster"; }
+for _ in $(seq 100); do
+    redis-cli -p "${cluster_ports[0]}" cluster info | grep -q 'cluster_state:ok' && break
+    sleep 0.1
+done
+SEALPOST_TEST_REDIS_URL="redis-cluster://127.0.0.1:${cluster_ports[0]}?node=127.0.0.1:${cluster_ports[1]}&node=127.0.0.1:${cluster_ports[2]}" \
+    cargo test --test behaviour scale_out
+
 log "real-client tests (official libsignal under Node) on both backends"
 SEALPOST_BIN="$PWD/target/debug/sealpost" npm --prefix tests/client test
 

@@ -309,7 +309,8 @@ pub enum BusMessage {
 /// to whichever instance holds a provisioning socket.
 #[async_trait]
 pub trait Bus: Send + Sync {
-    /// Sends an event to every instance subscribed to the device; true when at least one is.
+    /// Sends an event to every instance subscribed to the device; true when one is known to be (in a Redis
+    /// Cluster only the receiving node's subscribers count, so false is not proof of absence there).
     async fn publish(&self, aci: Aci, device: DeviceId, event: BusEvent) -> StoreResult<bool>;
     /// Starts receiving the device's events on this instance (see [`Bus::events`]).
     async fn subscribe(&self, aci: Aci, device: DeviceId) -> StoreResult<()>;

@@ -61,7 +61,8 @@ pub async fn connect(config: &Config, database_url: &str, redis_url: &str) -> St
         .await?;
     let postgres = Arc::new(Postgres { pool });
     let redis = Arc::new(Redis::connect(redis_url, &config.redis_key_prefix).await?);
-    let bus = Arc::new(RedisBus::connect(redis_url, &config.redis_key_prefix, redis.pool.clone()).await?);
+    let presence_ttl = Duration::from_secs(config.provisioning_timeout_seconds + 60);
+    let bus = Arc::new(RedisBus::connect(redis_url, &config.redis_key_prefix, redis.pool.clone(), presence_ttl).await?);
     Ok(Storage {
         accounts: postgres.clone(),
         keys: postgres.clone(),
@@ -788,18 +789,24 @@ impl Probe for Redis {
     }
 }
 
-/// Cross-instance fan-out over Redis pub/sub: one channel per device with an open socket somewhere.
-/// PUBLISH answers how many subscribers got the event, which tells whether the device is online.
+/// Cross-instance fan-out over Redis pub/sub: one channel per device with an open socket somewhere, and
+/// one per open provisioning socket.
+///
+/// In a Redis Cluster, PUBLISH reaches every node but counts only the subscribers of the node that took
+/// it, so "is anyone listening" cannot come from PUBLISH there: provisioning sockets also hold a presence
+/// key, which `publish_provisioning` checks first.
 pub struct RedisBus {
     publisher: RedisPool,
     subscriber: fred::clients::SubscriberClient,
     channel_prefix: String,
     provisioning_prefix: String,
+    presence_prefix: String,
+    presence_ttl: Duration,
     receiver: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<BusMessage>>>,
 }
 
 impl RedisBus {
-    pub async fn connect(url: &str, prefix: &str, publisher: RedisPool) -> StoreResult<Self> {
+    pub async fn connect(url: &str, prefix: &str, publisher: RedisPool, presence_ttl: Duration) -> StoreResult<Self> {
         use fred::prelude::EventInterface;
         let subscriber = Builder::from_config(RedisConfig::from_url(url)?).build_subscriber_client()?;
         subscriber.init().await?;
@@ -848,6 +855,8 @@ impl RedisBus {
             subscriber,
             channel_prefix,
             provisioning_prefix,
+            presence_prefix: format!("{prefix}provpresence:"),
+            presence_ttl,
             receiver: std::sync::Mutex::new(Some(receiver)),
         })
     }
@@ -880,19 +889,27 @@ impl Bus for RedisBus {
 
     async fn publish_provisioning(&self, address: &str, body: Vec<u8>) -> StoreResult<bool> {
         use fred::prelude::PubsubInterface;
+        let present: i64 = self.publisher.exists(format!("{}{address}", self.presence_prefix)).await?;
+        if present == 0 {
+            return Ok(false);
+        }
         let channel = format!("{}{address}", self.provisioning_prefix);
-        let receivers: i64 = self.publisher.next().publish(channel, RedisValue::Bytes(body.into())).await?;
-        Ok(receivers > 0)
+        let _: i64 = self.publisher.next().publish(channel, RedisValue::Bytes(body.into())).await?;
+        Ok(true)
     }
 
     async fn subscribe_provisioning(&self, address: &str) -> StoreResult<()> {
         use fred::prelude::PubsubInterface;
+        use fred::types::Expiration;
         self.subscriber.subscribe(format!("{}{address}", self.provisioning_prefix)).await?;
+        let ttl = Expiration::PX(self.presence_ttl.as_millis() as i64);
+        let _: () = self.publisher.set(format!("{}{address}", self.presence_prefix), 1, Some(ttl), None, false).await?;
         Ok(())
     }
 
     async fn unsubscribe_provisioning(&self, address: &str) -> StoreResult<()> {
         use fred::prelude::PubsubInterface;
+        let _: i64 = self.publisher.del(format!("{}{address}", self.presence_prefix)).await?;
         self.subscriber.unsubscribe(format!("{}{address}", self.provisioning_prefix)).await?;
         Ok(())
     }
