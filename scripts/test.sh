@@ -22,6 +22,22 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# A cluster node also listens on its port + 10000, so both must be free and the port at most 55535.
+free_cluster_port() {
+    python3 - <<'PY'
+import random, socket
+for _ in range(200):
+    port = random.randint(20000, 45000)
+    try:
+        for p in (port, port + 10000):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", p))
+        print(port)
+        break
+    except OSError:
+        continue
+PY
+}
 
 postgres_up() { command -v psql >/dev/null && psql "$1" -Atqc 'SELECT 1' >/dev/null 2>&1; }
 redis_up() { command -v redis-cli >/dev/null && [ "$(redis-cli -u "$1" ping 2>/dev/null)" = "PONG" ]; }
@@ -88,7 +104,7 @@ cargo test --all-targets
 log "scale-out behaviour suite on a throwaway three-node Redis Cluster"
 cluster_ports=()
 for _ in 1 2 3; do
-    port="$(free_port)"
+    port="$(free_cluster_port)"
     mkdir -p "$SCRATCH/cluster-$port"
     redis-server --port "$port" --bind 127.0.0.1 --cluster-enabled yes --cluster-config-file "$SCRATCH/cluster-$port/nodes.conf" \
         --save '' --appendonly no --daemonize yes --dir "$SCRATCH/cluster-$port" --logfile "$SCRATCH/cluster-$port/log" >/dev/null
