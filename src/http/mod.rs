@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod extract;
+pub mod openapi;
 mod ops;
 
 use std::net::SocketAddr;

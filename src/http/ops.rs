@@ -12,11 +12,15 @@ use serde_json::json;
 use super::App;
 
 pub fn routes() -> Router<Arc<App>> {
-    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz))
+    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).route("/openapi.json", get(openapi))
 }
 
 pub fn metrics_routes() -> Router<Arc<App>> {
     Router::new().route("/metrics", get(metrics))
+}
+
+async fn openapi() -> impl IntoResponse {
+    axum::Json(super::openapi::document())
 }
 
 async fn healthz() -> impl IntoResponse {
