@@ -22,6 +22,8 @@ both_backends!(
     newer_socket_displaces_older_and_removed_device_is_closed,
     rest_fetch_pages_and_deletes,
     certificates_chain_to_the_trust_root,
+    browsers_pass_the_token_in_the_query_and_idle_sockets_close,
+    the_reaper_deletes_expired_envelopes,
 );
 
 /// A recipient ready to receive: registered with keys uploaded.
@@ -440,4 +442,54 @@ async fn scale_out_delivers_across_instances() {
     other.close().await;
     two.stop().await;
     one.stop().await;
+}
+
+async fn browsers_pass_the_token_in_the_query_and_idle_sockets_close(backend: Backend) {
+    use futures_util::StreamExt;
+    let server = start_with(backend, |c| c.ws_idle_timeout_seconds = 1).await;
+    let bob = ready_user(&server).await;
+    let url = format!("{}/v1/websocket?token={}", server.base.replacen("http://", "ws://", 1), bob.token);
+    let (mut stream, _) = tokio_tungstenite::connect_async(url).await.expect("query-token socket");
+    let started = Instant::now();
+    let mut close_code = None;
+    while let Ok(Some(frame)) = tokio::time::timeout(Duration::from_secs(5), stream.next()).await {
+        if let Ok(tokio_tungstenite::tungstenite::Message::Close(frame)) = frame {
+            close_code = frame.map(|f| u16::from(f.code));
+            break;
+        }
+    }
+    assert_eq!(close_code, Some(1000), "an idle socket is closed normally");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(4), "closed after {waited:?}");
+    let bad = format!("{}/v1/websocket?token=nope", server.base.replacen("http://", "ws://", 1));
+    assert!(tokio_tungstenite::connect_async(bad).await.is_err(), "a bad query token is refused");
+    server.stop().await;
+}
+
+async fn the_reaper_deletes_expired_envelopes(backend: Backend) {
+    let server = start(backend).await;
+    let bob = ready_user(&server).await;
+    let alice = ready_user(&server).await;
+    let path = format!("/v1/messages/{}", bob.aci);
+    server
+        .put(&path, alice.bearer(), json!({"messages": [message(&bob, 1, b"brief")], "timestamp": 1, "ttlSeconds": 1}))
+        .await
+        .expect(200);
+    send(&server, &alice, &bob, b"lasting").await.expect(200);
+    let later = sealpost::domain::now_millis() + 1500;
+    let reaped = server.app.storage.queue.reap(later).await.expect("reap");
+    match backend {
+        // SQLite rows are deleted by the reaper...
+        Backend::Embedded => assert_eq!(reaped, 1),
+        // ...Redis drops expired envelopes as reads meet them and expires whole queues itself.
+        Backend::ScaleOut => assert_eq!(reaped, 0),
+    }
+    let aci = sealpost::domain::Aci::parse(&bob.aci).expect("aci");
+    let left = server.app.storage.queue.peek(aci, sealpost::domain::DeviceId(1), 0, 10, later).await.expect("peek");
+    assert_eq!(left.len(), 1, "only the lasting envelope is visible after the first one's expiry");
+    assert_eq!(
+        sealpost::delivery::proto::Envelope::decode(left[0].envelope.as_slice()).expect("envelope").content.as_deref(),
+        Some(&b"lasting"[..])
+    );
+    server.stop().await;
 }
