@@ -123,6 +123,109 @@ mod tests {
         assert_eq!(Envelope::decode(bytes.as_slice()).unwrap(), envelope);
     }
 
+    /// Field number → wire type of every message in `proto/sealpost.proto` (nested ones as `Outer.Inner`).
+    fn proto_file() -> std::collections::BTreeMap<String, std::collections::BTreeMap<u32, u8>> {
+        let text = include_str!("../../proto/sealpost.proto");
+        let mut messages = std::collections::BTreeMap::new();
+        let mut stack: Vec<String> = Vec::new();
+        for line in text.lines().map(|l| l.split("//").next().unwrap_or("").trim()) {
+            if let Some(name) = line.strip_prefix("message ").and_then(|l| l.strip_suffix('{')) {
+                stack.push(name.trim().to_owned());
+                messages.insert(stack.join("."), std::collections::BTreeMap::new());
+            } else if line == "}" {
+                stack.pop();
+            } else if let Some((decl, number)) = line.strip_suffix(';').and_then(|l| l.split_once('=')) {
+                let words: Vec<&str> = decl.split_whitespace().collect();
+                let [_label, kind, _name] = words[..] else { continue };
+                let wire = match kind {
+                    "int32" | "uint32" | "uint64" | "int64" | "bool" => 0,
+                    "fixed64" => 1,
+                    _ => 2,
+                };
+                let number: u32 = number.trim().parse().expect("field number");
+                messages.get_mut(&stack.join(".")).expect("inside a message").insert(number, wire);
+            }
+        }
+        messages
+    }
+
+    /// Field number → wire type as actually encoded by a struct with every field set.
+    fn encoded(bytes: &[u8]) -> std::collections::BTreeMap<u32, u8> {
+        use prost::encoding::{DecodeContext, decode_key, skip_field};
+        let mut fields = std::collections::BTreeMap::new();
+        let mut buf = bytes;
+        while !buf.is_empty() {
+            let (number, wire) = decode_key(&mut buf).expect("key");
+            fields.insert(number, wire as u8);
+            skip_field(wire, number, &mut buf, DecodeContext::default()).expect("field");
+        }
+        fields
+    }
+
+    #[test]
+    fn structs_match_the_proto_file() {
+        use crate::messages::certificates::{SenderCertificateBody, ServerCertificateBody, Signed};
+        let file = proto_file();
+        let bytes = |n: usize| Some(vec![1u8; n]);
+        let request = WebSocketRequestMessage {
+            verb: Some("PUT".into()),
+            path: Some("/".into()),
+            body: bytes(1),
+            headers: vec!["a:b".into()],
+            id: Some(1),
+        };
+        let response = WebSocketResponseMessage {
+            id: Some(1),
+            status: Some(200),
+            message: Some("OK".into()),
+            headers: vec!["a:b".into()],
+            body: bytes(1),
+        };
+        let signed = Signed { certificate: bytes(1), signature: bytes(1) }.encode_to_vec();
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            (
+                "Envelope",
+                Envelope {
+                    r#type: Some(1),
+                    client_timestamp: Some(1),
+                    source_device: Some(1),
+                    content: bytes(1),
+                    server_timestamp: Some(1),
+                    urgent: Some(true),
+                    source_service_id: bytes(16),
+                    destination_service_id: bytes(16),
+                    server_guid: bytes(16),
+                }
+                .encode_to_vec(),
+            ),
+            (
+                "WebSocketMessage",
+                WebSocketMessage { r#type: Some(1), request: Some(request.clone()), response: Some(response.clone()) }
+                    .encode_to_vec(),
+            ),
+            ("WebSocketRequestMessage", request.encode_to_vec()),
+            ("WebSocketResponseMessage", response.encode_to_vec()),
+            ("ServerCertificate", signed.clone()),
+            ("SenderCertificate", signed),
+            ("ServerCertificate.Certificate", ServerCertificateBody { id: Some(1), key: bytes(33) }.encode_to_vec()),
+            (
+                "SenderCertificate.Certificate",
+                SenderCertificateBody {
+                    sender_device: Some(1),
+                    expires: Some(1),
+                    identity_key: bytes(33),
+                    signer: bytes(1),
+                    sender_uuid: Some("x".into()),
+                }
+                .encode_to_vec(),
+            ),
+        ];
+        assert_eq!(cases.len(), file.len(), "every message of the .proto file has a struct: {:?}", file.keys());
+        for (name, bytes) in cases {
+            assert_eq!(file.get(name), Some(&encoded(&bytes)), "{name} differs from proto/sealpost.proto");
+        }
+    }
+
     #[test]
     fn websocket_request_round_trips() {
         let message =
