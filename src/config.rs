@@ -277,7 +277,7 @@ config_struct! {
     max_request_bytes: usize = "1048576", "SEALPOST_MAX_REQUEST_BYTES", false;
     /// One-time prekeys of one kind accepted in a single `PUT /v1/keys`.
     max_keys_per_upload: usize = "100", "SEALPOST_MAX_KEYS_PER_UPLOAD", false;
-    /// Header holding the client address when sealpost runs behind a trusted proxy (e.g. `x-forwarded-for`; the first address is used). Empty means the TCP peer address.
+    /// Header holding the client address when sealpost runs behind a trusted proxy (e.g. `x-forwarded-for`; the last address, the one the proxy appended, is used). Empty means the TCP peer address.
     trusted_proxy_header: Option<String> = "", "SEALPOST_TRUSTED_PROXY_HEADER", false;
     /// Registrations per client IP.
     limit_registration_per_ip: RateLimit = "20/1h", "SEALPOST_LIMIT_REGISTRATION_PER_IP", false;
@@ -317,6 +317,8 @@ config_struct! {
     ws_max_frame_bytes: usize = "65536", "SEALPOST_WS_MAX_FRAME_BYTES", false;
     /// Lifetime of a sender certificate from `GET /v1/certificate/delivery`, in seconds.
     certificate_validity_seconds: u64 = "86400", "SEALPOST_CERTIFICATE_VALIDITY_SECONDS", false;
+    /// Seconds an instance may keep account facts (devices, access key) cached; changes through any instance invalidate them at once over the bus, so this only bounds staleness while the bus is down.
+    directory_cache_seconds: u64 = "10", "SEALPOST_DIRECTORY_CACHE_SECONDS", false;
     /// Seconds between runs of the reaper that deletes expired envelopes and invite codes.
     reap_interval_seconds: u64 = "60", "SEALPOST_REAP_INTERVAL_SECONDS", false;
     /// JWT signing key (Ed25519, PKCS#8 PEM). Empty means `<data_dir>/jwt_ed25519.pem`.
@@ -464,14 +466,14 @@ impl Config {
             Backend::Embedded { database_url: db }
         } else if db.starts_with("postgres://") || db.starts_with("postgresql://") {
             match &self.redis_url {
-                Some(redis)
-                    if redis.starts_with("redis://")
-                        || redis.starts_with("rediss://")
-                        || redis.starts_with("redis-cluster://") =>
-                {
+                Some(redis) if redis.starts_with("redis://") || redis.starts_with("redis-cluster://") => {
                     Backend::ScaleOut { database_url: db, redis_url: redis.clone() }
                 }
-                Some(_) => Backend::Invalid("SEALPOST_REDIS_URL must start with redis:// or redis-cluster://".into()),
+                Some(_) => Backend::Invalid(
+                    "SEALPOST_REDIS_URL must start with redis:// or redis-cluster:// (TLS to Redis is not built in: \
+                     use a private network or a TLS tunnel)"
+                        .into(),
+                ),
                 None => {
                     Backend::Invalid("SEALPOST_DATABASE_URL is postgres:// but SEALPOST_REDIS_URL is not set".into())
                 }

@@ -75,6 +75,8 @@ pub enum ApiError {
     InvalidVerificationCode,
     #[error("the account already has the most devices allowed")]
     TooManyDevices,
+    #[error("this endpoint is a WebSocket: send an upgrade request")]
+    UpgradeRequired,
     #[error("internal error")]
     Internal(String),
 }
@@ -123,6 +125,7 @@ impl ApiError {
             QueueFull => StatusCode::INSUFFICIENT_STORAGE,
             InvalidVerificationCode => StatusCode::FORBIDDEN,
             TooManyDevices => StatusCode::CONFLICT,
+            UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -162,6 +165,7 @@ impl ApiError {
             QueueFull => "queue_full",
             InvalidVerificationCode => "invalid_verification_code",
             TooManyDevices => "too_many_devices",
+            UpgradeRequired => "websocket_upgrade_required",
             Internal(_) => "internal_error",
         }
     }

@@ -1,13 +1,15 @@
 //! sealpost: the untrusted middle of an end-to-end-encrypted messenger.
 //!
-//! Clients do all the cryptography. The server registers anonymous accounts and their devices, stores
-//! public keys and hands out one-time prekeys exactly once, and (in later capabilities) queues and relays
-//! opaque envelopes. See `docs/` for the API and the deployment guide.
+//! Clients do all the cryptography. The server registers anonymous accounts and links their devices,
+//! stores public keys and hands out one-time prekeys exactly once, queues opaque envelopes with a TTL and
+//! delivers them over WebSocket until acknowledged, and issues sealed-sender certificates. See `docs/` for
+//! the API and the deployment guide.
 
 pub mod accounts;
 pub mod config;
 pub mod crypto;
 pub mod delivery;
+pub mod directory;
 pub mod domain;
 pub mod error;
 pub mod http;
@@ -49,7 +51,9 @@ pub async fn build_app(config: Config) -> Result<Arc<App>, StartError> {
     let keys = ServerKeys::load(&config)?;
     let storage = Storage::connect(&config).await?;
     let limiter = Limiter::new(storage.limits.clone(), keys.pseudonym_key);
-    let hub = delivery::Hub::start(storage.bus.clone());
+    let directory =
+        Arc::new(directory::Directory::new(storage.clone(), Duration::from_secs(config.directory_cache_seconds)));
+    let hub = delivery::Hub::start(storage.bus.clone(), directory.clone());
     let certifier = messages::certificates::Certifier::new(&keys.trust_root, keys.server_cert.clone());
     let (shutdown_trigger, shutdown) = tokio::sync::watch::channel(false);
     jobs::start(storage.clone(), &config, shutdown.clone());
@@ -59,6 +63,7 @@ pub async fn build_app(config: Config) -> Result<Arc<App>, StartError> {
         keys,
         metrics: telemetry::metrics_handle(),
         hub,
+        directory,
         certifier,
         shutdown,
         shutdown_trigger,

@@ -122,6 +122,9 @@ async fn run(command: Command, loaded: Loaded) -> Result<(), Box<dyn std::error:
             let aci = Aci::parse(&aci).ok_or("not an aci (UUID)")?;
             let storage = Storage::connect(&config).await?;
             if storage.accounts.approve(aci).await? {
+                // Scale-out instances forget their cached view at once; an embedded server notices within
+                // SEALPOST_DIRECTORY_CACHE_SECONDS.
+                storage.bus.publish_invalidation(aci).await?;
                 println!("approved");
                 Ok(())
             } else {

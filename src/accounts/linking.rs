@@ -27,7 +27,7 @@ use crate::error::ApiError;
 use crate::http::auth::AuthedDevice;
 use crate::http::extract::Json;
 use crate::http::{App, ClientIp};
-use crate::keys::{SignedKeyJson, signed_ec, signed_kem};
+use crate::keys::{SignedKeyJson, parse_signed_ec, parse_signed_kem, verify_ec, verify_kem};
 use crate::storage::{AddDeviceError, NewDevice};
 
 pub fn routes() -> Router<Arc<App>> {
@@ -114,6 +114,10 @@ async fn link(
     if name.as_ref().is_some_and(|n| n.len() > app.config.max_device_name_bytes) {
         return Err(ApiError::InvalidBody("name is longer than allowed".into()));
     }
+    // Form first: a malformed request does not spend the code. Signatures only after the lookup, so a
+    // wrong key (a guessing attempt) does.
+    let signed = parse_signed_ec(&req.signed_pre_key)?;
+    let last_resort = parse_signed_kem("pqLastResortPreKey", &req.pq_last_resort_pre_key)?;
 
     let now = now_millis();
     let aci = app
@@ -123,8 +127,8 @@ async fn link(
         .await?
         .ok_or(ApiError::InvalidVerificationCode)?;
     let account = app.storage.accounts.account(aci).await?.ok_or(ApiError::InvalidVerificationCode)?;
-    let signed = signed_ec(&account.identity_key, &req.signed_pre_key)?;
-    let last_resort = signed_kem(&account.identity_key, "pqLastResortPreKey", &req.pq_last_resort_pre_key)?;
+    verify_ec(&account.identity_key, &signed)?;
+    verify_kem(&account.identity_key, "pqLastResortPreKey", &last_resort)?;
 
     let salt = new_salt();
     let device = NewDevice {
@@ -140,6 +144,7 @@ async fn link(
         Err(AddDeviceError::NoAccount) => return Err(ApiError::InvalidVerificationCode),
     };
     app.storage.keys.put_signed(aci, id, Some(&signed), Some(&last_resort)).await?;
+    app.directory.invalidate(aci).await?;
     metrics::counter!("sealpost_devices_linked_total").increment(1);
     Ok(axum::Json(Linked { aci: aci.to_string(), device_id: id.0 }))
 }

@@ -182,16 +182,23 @@ async fn delete_device(
 
 /// Removes a device and everything it owns (durable record, keys, pools). After this returns, its tokens
 /// are refused.
+///
+/// Order matters: the one-time keys and the queue go first, so a failure there leaves the device intact
+/// and the call can simply be retried (nothing is orphaned in Redis); then the durable record, which is
+/// what refuses its tokens; then every instance forgets it and its sockets are closed.
 pub async fn remove_device(app: &App, aci: Aci, device: DeviceId) -> Result<(), ApiError> {
-    if !app.storage.accounts.delete_device(aci, device).await? {
+    clear_device_state(app, aci, device).await?;
+    let removed = app.storage.accounts.delete_device(aci, device).await?;
+    app.directory.invalidate(aci).await?;
+    if !removed {
         return Err(ApiError::NotFound);
     }
-    forget_device(app, aci, device).await
+    app.storage.bus.publish(aci, device, crate::storage::BusEvent::Revoke).await?;
+    Ok(())
 }
 
-/// Removes what a deleted device had outside the durable store and closes its sockets.
-async fn forget_device(app: &App, aci: Aci, device: DeviceId) -> Result<(), ApiError> {
-    app.storage.bus.publish(aci, device, crate::storage::BusEvent::Revoke).await?;
+/// Deletes a device's one-time prekeys and queued envelopes.
+async fn clear_device_state(app: &App, aci: Aci, device: DeviceId) -> Result<(), ApiError> {
     app.storage.pre_keys.remove_device(aci, device).await?;
     app.storage.queue.remove_device(aci, device).await?;
     Ok(())
@@ -201,10 +208,16 @@ async fn delete_account(State(app): State<Arc<App>>, authed: AuthedDevice) -> Re
     if !authed.device.is_primary() {
         return Err(ApiError::PrimaryDeviceRequired);
     }
+    // Same order as for one device: ephemeral state, then the durable record, then the sockets.
     let devices = app.storage.accounts.devices(authed.aci).await?;
+    for device in &devices {
+        clear_device_state(&app, authed.aci, device.id).await?;
+    }
+    app.storage.queue.remove_account(authed.aci).await?;
     app.storage.accounts.delete_account(authed.aci).await?;
-    for device in devices {
-        forget_device(&app, authed.aci, device.id).await?;
+    app.directory.invalidate(authed.aci).await?;
+    for device in &devices {
+        app.storage.bus.publish(authed.aci, device.id, crate::storage::BusEvent::Revoke).await?;
     }
     metrics::counter!("sealpost_account_deletions_total").increment(1);
     Ok(StatusCode::NO_CONTENT)
@@ -227,6 +240,7 @@ async fn set_attributes(
     let key =
         req.unidentified_access_key.as_deref().map(|k| AccessKey::from_b64("unidentifiedAccessKey", k)).transpose()?;
     app.storage.accounts.set_access(authed.aci, key, req.unrestricted_unidentified_access).await?;
+    app.directory.invalidate(authed.aci).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

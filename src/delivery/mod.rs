@@ -43,7 +43,7 @@ pub struct Registration {
 
 impl Hub {
     /// Creates the hub and starts dispatching the bus's events to local sockets.
-    pub fn start(bus: Arc<dyn Bus>) -> Arc<Hub> {
+    pub fn start(bus: Arc<dyn Bus>, directory: Arc<crate::directory::Directory>) -> Arc<Hub> {
         let hub = Arc::new(Hub {
             sockets: Mutex::default(),
             provisioning: Mutex::default(),
@@ -58,6 +58,7 @@ impl Hub {
                     match message {
                         BusMessage::Device(aci, device, event) => hub.dispatch(aci, device, event),
                         BusMessage::Provisioning(address, body) => hub.deliver_provisioning(&address, body),
+                        BusMessage::Invalidate(aci) => directory.forget(aci),
                     }
                 }
             });

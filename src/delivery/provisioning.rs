@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use axum::routing::get;
@@ -23,8 +24,9 @@ pub fn routes() -> Router<Arc<App>> {
 async fn upgrade(
     State(app): State<Arc<App>>,
     ClientIp(ip): ClientIp,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    let ws = ws.map_err(|_| ApiError::UpgradeRequired)?;
     app.limiter.check("provisioning_ip", ip.to_string().as_bytes(), &app.config.limit_provisioning_per_ip).await?;
     Ok(ws.read_buffer_size(4096).write_buffer_size(0).max_message_size(4096).on_upgrade(move |socket| async move {
         if let Err(err) = run(app, socket).await {
@@ -52,6 +54,9 @@ async fn run(app: Arc<App>, socket: WebSocket) -> Result<(), axum::Error> {
             tokio::select! {
                 body = &mut message => {
                     let Ok(body) = body else { break (1011, "hub closed") };
+                    // The address is single-use: retire it before the message goes out, so a second relay
+                    // is answered 404 instead of vanishing.
+                    app.hub.unregister_provisioning(&address).await;
                     let request = WebSocketMessage::request(2, "PUT", "/v1/message", Some(body), Vec::new());
                     sink.send(Message::Binary(request.encode_to_vec().into())).await?;
                     break (1000, "provisioned");

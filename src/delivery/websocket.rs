@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
@@ -48,7 +49,7 @@ async fn upgrade(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     Query(query): Query<TokenQuery>,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     // Browsers cannot set headers on a WebSocket: they pass the token in the query (never logged: request
     // logs name only the route template).
@@ -60,6 +61,7 @@ async fn upgrade(
         .map(|(_, token)| token.trim().to_owned());
     let token = header_token.or(query.token).ok_or(ApiError::Unauthorized)?;
     let device = auth::authenticate(&app, &token).await?;
+    let ws = ws.map_err(|_| ApiError::UpgradeRequired)?;
     Ok(ws
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(0)

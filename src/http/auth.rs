@@ -49,7 +49,7 @@ pub fn verify(app: &App, token: &str) -> Result<(Aci, DeviceId), ApiError> {
 /// Checks a token and that its device is still active.
 pub async fn authenticate(app: &App, token: &str) -> Result<AuthedDevice, ApiError> {
     let (aci, device) = verify(app, token)?;
-    if !app.storage.accounts.device_active(aci, device).await? {
+    if !app.directory.get(aci).await?.device_active(device) {
         return Err(ApiError::Unauthorized);
     }
     Ok(AuthedDevice { aci, device })

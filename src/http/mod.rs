@@ -30,6 +30,7 @@ pub struct App {
     pub limiter: Limiter,
     pub metrics: PrometheusHandle,
     pub hub: Arc<crate::delivery::Hub>,
+    pub directory: Arc<crate::directory::Directory>,
     pub certifier: crate::messages::certificates::Certifier,
     /// Turns true when the server begins to shut down; open sockets close with 1001.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
@@ -88,7 +89,8 @@ impl axum::extract::FromRequestParts<Arc<App>> for ClientIp {
     async fn from_request_parts(parts: &mut axum::http::request::Parts, app: &Arc<App>) -> Result<Self, ApiError> {
         if let Some(header) = &app.config.trusted_proxy_header
             && let Some(value) = parts.headers.get(header.as_str()).and_then(|v| v.to_str().ok())
-            && let Some(ip) = value.split(',').next().and_then(|first| first.trim().parse().ok())
+            // The last entry is the one the trusted proxy appended; earlier ones are whatever the client sent.
+            && let Some(ip) = value.rsplit(',').next().and_then(|last| last.trim().parse().ok())
         {
             return Ok(ClientIp(ip));
         }

@@ -85,27 +85,41 @@ fn verify(identity: &EcPublicKey, field: &'static str, message: &[u8], signature
     }
 }
 
-pub(crate) fn signed_ec(identity: &EcPublicKey, json: &SignedKeyJson) -> Result<SignedEcKey, ApiError> {
-    let key = SignedEcKey {
+/// Decodes a signed EC prekey (form only; see [`verify_ec`]).
+pub(crate) fn parse_signed_ec(json: &SignedKeyJson) -> Result<SignedEcKey, ApiError> {
+    Ok(SignedEcKey {
         key_id: key_id(json.key_id)?,
         public_key: EcPublicKey::from_b64("signedPreKey.publicKey", &json.public_key)?,
         signature: Signature::from_b64("signedPreKey.signature", &json.signature)?,
-    };
-    verify(identity, "signedPreKey", &key.public_key.0, &key.signature)?;
-    Ok(key)
+    })
 }
 
-pub(crate) fn signed_kem(
-    identity: &EcPublicKey,
-    field: &'static str,
-    json: &SignedKeyJson,
-) -> Result<SignedKemKey, ApiError> {
-    let key = SignedKemKey {
+pub(crate) fn verify_ec(identity: &EcPublicKey, key: &SignedEcKey) -> Result<(), ApiError> {
+    verify(identity, "signedPreKey", &key.public_key.0, &key.signature)
+}
+
+/// Decodes a signed Kyber prekey (form only; see [`verify_kem`]).
+pub(crate) fn parse_signed_kem(field: &'static str, json: &SignedKeyJson) -> Result<SignedKemKey, ApiError> {
+    Ok(SignedKemKey {
         key_id: key_id(json.key_id)?,
         public_key: KemPublicKey::from_b64(field, &json.public_key)?,
         signature: Signature::from_b64(field, &json.signature)?,
-    };
-    verify(identity, field, &key.public_key.0, &key.signature)?;
+    })
+}
+
+pub(crate) fn verify_kem(identity: &EcPublicKey, field: &'static str, key: &SignedKemKey) -> Result<(), ApiError> {
+    verify(identity, field, &key.public_key.0, &key.signature)
+}
+
+fn signed_ec(identity: &EcPublicKey, json: &SignedKeyJson) -> Result<SignedEcKey, ApiError> {
+    let key = parse_signed_ec(json)?;
+    verify_ec(identity, &key)?;
+    Ok(key)
+}
+
+fn signed_kem(identity: &EcPublicKey, field: &'static str, json: &SignedKeyJson) -> Result<SignedKemKey, ApiError> {
+    let key = parse_signed_kem(field, json)?;
+    verify_kem(identity, field, &key)?;
     Ok(key)
 }
 
@@ -156,13 +170,16 @@ async fn upload(
     authed: AuthedDevice,
     Json(req): Json<UploadRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let account = app.storage.accounts.account(authed.aci).await?.ok_or(ApiError::Unauthorized)?;
+    let entry = app.directory.get(authed.aci).await?;
+    let account = entry.account.as_ref().ok_or(ApiError::Unauthorized)?;
     let upload = validate_upload(&req, &account.identity_key, app.config.max_keys_per_upload)?;
     if upload.signed_pre_key.is_some() || upload.pq_last_resort.is_some() {
         app.storage
             .keys
             .put_signed(authed.aci, authed.device, upload.signed_pre_key.as_ref(), upload.pq_last_resort.as_ref())
             .await?;
+        // The device may have just become able to receive messages.
+        app.directory.invalidate(authed.aci).await?;
     }
     if upload.pre_keys.is_some() || upload.pq_pre_keys.is_some() {
         app.storage
@@ -253,7 +270,8 @@ async fn fetch(
         None if matches!(requester, DeviceOrAccessKey::Device(_)) => return Err(ApiError::InvalidPath),
         None => return Err(ApiError::Unauthorized),
     };
-    let account = app.storage.accounts.account(target).await?;
+    let entry = app.directory.get(target).await?;
+    let account = entry.account.clone();
     if let DeviceOrAccessKey::AccessKey(presented) = &requester
         && !DeviceOrAccessKey::access_allowed(presented, account.as_ref())
     {

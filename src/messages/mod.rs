@@ -38,7 +38,7 @@ pub fn routes() -> Router<Arc<App>> {
 }
 
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct OutgoingMessage {
     #[serde(rename = "type")]
     kind: i32,
@@ -48,7 +48,7 @@ struct OutgoingMessage {
 }
 
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct SendRequest {
     messages: Vec<OutgoingMessage>,
     timestamp: u64,
@@ -100,7 +100,8 @@ async fn send(
         if content.len() > app.config.max_message_bytes {
             return Err(ApiError::MessageTooLarge);
         }
-        let device = u32::try_from(message.destination_device_id).map_err(|_| ApiError::InvalidPath)?;
+        let device = u32::try_from(message.destination_device_id)
+            .map_err(|_| ApiError::InvalidBody("destinationDeviceId is out of range".into()))?;
         messages.push(Validated {
             device,
             registration_id: message.destination_registration_id,
@@ -117,15 +118,16 @@ async fn send(
         .check("messages_sender_recipient", sender_key.as_bytes(), &app.config.limit_messages_per_sender_recipient)
         .await?;
 
-    let account = app.storage.accounts.account(target).await?;
+    let entry = app.directory.get(target).await?;
+    let account = entry.account.as_ref();
     match &sender {
         DeviceOrAccessKey::AccessKey(presented) => {
-            if !DeviceOrAccessKey::access_allowed(presented, account.as_ref()) {
+            if !DeviceOrAccessKey::access_allowed(presented, account) {
                 return Err(ApiError::Unauthorized);
             }
         }
         DeviceOrAccessKey::Device(_) => {
-            if !account.as_ref().is_some_and(|a| a.approved) {
+            if !account.is_some_and(|a| a.approved) {
                 return Err(ApiError::NotFound);
             }
         }
@@ -135,8 +137,7 @@ async fn send(
         DeviceOrAccessKey::Device(d) if d.aci == target => Some(d.device),
         _ => None,
     };
-    let devices: Vec<_> =
-        app.storage.keys.ready_devices(target).await?.into_iter().filter(|(id, _)| Some(*id) != own_device).collect();
+    let devices: Vec<_> = entry.ready.iter().copied().filter(|(id, _)| Some(*id) != own_device).collect();
     check_devices(&devices, &messages)?;
 
     let now = now_millis();
@@ -171,11 +172,13 @@ async fn send(
             app.storage.bus.publish(target, device, BusEvent::Ephemeral(item.envelope)).await?;
         }
     } else {
-        if app.storage.queue.push(target, &items, app.config.max_queue_len).await?.is_err() {
+        let Ok(pushed) = app.storage.queue.push(target, &items, app.config.max_queue_len).await? else {
             return Err(ApiError::QueueFull);
-        }
-        for (device, _) in &items {
-            app.storage.bus.publish(target, *device, BusEvent::Wake).await?;
+        };
+        if !pushed.notified {
+            for (device, _) in &items {
+                app.storage.bus.publish(target, *device, BusEvent::Wake).await?;
+            }
         }
     }
     metrics::counter!("sealpost_messages_accepted_total", "sealed" => if sealed { "true" } else { "false" },
@@ -183,7 +186,7 @@ async fn send(
     .increment(1);
 
     let needs_sync = match &sender {
-        DeviceOrAccessKey::Device(d) => app.storage.accounts.devices(d.aci).await?.len() > 1,
+        DeviceOrAccessKey::Device(d) => app.directory.get(d.aci).await?.devices.len() > 1,
         DeviceOrAccessKey::AccessKey(_) => false,
     };
     Ok(axum::Json(SendResponse { needs_sync }))
@@ -291,7 +294,8 @@ async fn delivery_certificate(
     State(app): State<Arc<App>>,
     authed: AuthedDevice,
 ) -> Result<impl IntoResponse, ApiError> {
-    let account = app.storage.accounts.account(authed.aci).await?.ok_or(ApiError::Unauthorized)?;
+    let entry = app.directory.get(authed.aci).await?;
+    let account = entry.account.as_ref().ok_or(ApiError::Unauthorized)?;
     let expires = now_millis() as u64 + app.config.certificate_validity_seconds * 1000;
     let certificate = app.certifier.sender_certificate(authed.aci, authed.device, &account.identity_key, expires);
     Ok(axum::Json(CertificateResponse { certificate: encode_b64(&certificate) }))

@@ -444,14 +444,18 @@ impl MessageQueue for Sqlite {
         aci: Aci,
         items: &[(DeviceId, NewEnvelope)],
         max_len: u32,
-    ) -> StoreResult<Result<(), QueueFull>> {
+    ) -> StoreResult<Result<Pushed, QueueFull>> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let now = crate::domain::now_millis();
         for (device, _) in items {
-            let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM messages WHERE aci = ? AND device_id = ?")
-                .bind(aci_text(aci))
-                .bind(i64::from(device.0))
-                .fetch_one(&mut *tx)
-                .await?;
+            // Expired envelopes are invisible and do not count against the limit.
+            let queued: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM messages WHERE aci = ? AND device_id = ? AND expires_at > ?")
+                    .bind(aci_text(aci))
+                    .bind(i64::from(device.0))
+                    .bind(now)
+                    .fetch_one(&mut *tx)
+                    .await?;
             if queued >= i64::from(max_len) {
                 return Ok(Err(QueueFull(*device)));
             }
@@ -467,7 +471,7 @@ impl MessageQueue for Sqlite {
                 .await?;
         }
         tx.commit().await?;
-        Ok(Ok(()))
+        Ok(Ok(Pushed { notified: false }))
     }
 
     async fn peek(
@@ -745,6 +749,11 @@ impl Bus for LocalBus {
 
     async fn unsubscribe_provisioning(&self, address: &str) -> StoreResult<()> {
         self.provisioning.lock().unwrap_or_else(|p| p.into_inner()).remove(address);
+        Ok(())
+    }
+
+    async fn publish_invalidation(&self, _aci: Aci) -> StoreResult<()> {
+        // One process: the caller has already forgotten the account.
         Ok(())
     }
 

@@ -1,10 +1,10 @@
 //! The storage seam: small traits, one implementation per deployment.
 //!
-//! * **Embedded** (`embedded`): SQLite for everything durable and for one-time prekey pools, in-process
-//!   rate-limit buckets. No service to run.
+//! * **Embedded** (`embedded`): SQLite for durable records, one-time prekey pools and message queues;
+//!   in-process rate-limit buckets and bus. No service to run.
 //! * **Scale-out** (`scaleout`): Postgres for durable records (accounts, devices, identity, signed and
-//!   last-resort keys, invites); Redis or Redis Cluster for one-time prekey pools (atomic pop) and
-//!   rate-limit buckets, shared by every instance.
+//!   last-resort keys, invite and link codes); Redis or Redis Cluster for one-time prekey pools (atomic
+//!   pop), message queues, rate-limit buckets and the pub/sub bus between instances.
 //!
 //! Handlers and capabilities only see the traits; which implementation runs is decided once, from the
 //! configured URLs, in [`Storage::connect`]. Dialect differences stay inside the backend modules.
@@ -231,6 +231,14 @@ pub struct QueuedEnvelope {
     pub envelope: Vec<u8>,
 }
 
+/// What a successful push did besides queuing.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Pushed {
+    /// The queue already told listening sockets (the Redis queue publishes in the same script), so the
+    /// caller need not publish a wake itself.
+    pub notified: bool,
+}
+
 /// A queue that was full, so nothing was queued.
 #[derive(Debug, PartialEq, Eq)]
 pub struct QueueFull(pub DeviceId);
@@ -246,7 +254,7 @@ pub trait MessageQueue: Send + Sync {
         aci: Aci,
         items: &[(DeviceId, NewEnvelope)],
         max_len: u32,
-    ) -> StoreResult<Result<(), QueueFull>>;
+    ) -> StoreResult<Result<Pushed, QueueFull>>;
     /// Up to `limit` unexpired envelopes with `seq > after`, oldest first.
     async fn peek(
         &self,
@@ -259,6 +267,10 @@ pub trait MessageQueue: Send + Sync {
     /// Deletes one envelope; false when it was not there (already acknowledged, expired or never queued).
     async fn ack(&self, aci: Aci, device: DeviceId, guid: [u8; 16]) -> StoreResult<bool>;
     async fn remove_device(&self, aci: Aci, device: DeviceId) -> StoreResult<()>;
+    /// Removes account-wide queue state once the account is gone (its devices are removed one by one).
+    async fn remove_account(&self, _aci: Aci) -> StoreResult<()> {
+        Ok(())
+    }
     /// Deletes expired envelopes; returns how many. (Redis expires whole queues itself and filters on read.)
     async fn reap(&self, now: i64) -> StoreResult<u64>;
 }
@@ -303,6 +315,8 @@ pub enum BusMessage {
     Device(Aci, DeviceId, BusEvent),
     /// A provisioning message for the socket holding this address.
     Provisioning(String, Vec<u8>),
+    /// Cached facts about this account changed: forget them.
+    Invalidate(Aci),
 }
 
 /// Fan-out of [`BusEvent`]s to whichever instance holds a device's sockets, and of provisioning messages
@@ -319,6 +333,8 @@ pub trait Bus: Send + Sync {
     async fn publish_provisioning(&self, address: &str, body: Vec<u8>) -> StoreResult<bool>;
     async fn subscribe_provisioning(&self, address: &str) -> StoreResult<()>;
     async fn unsubscribe_provisioning(&self, address: &str) -> StoreResult<()>;
+    /// Tells every instance (this one excluded, which forgets on its own) that an account changed.
+    async fn publish_invalidation(&self, aci: Aci) -> StoreResult<()>;
     /// The stream of messages for what this instance subscribed to. Taken once, by the delivery hub.
     fn events(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<BusMessage>>;
 }

@@ -1,6 +1,6 @@
 //! Scale-out deployment: Postgres for durable records, Redis (or Redis Cluster, same code path through
-//! fred's cluster configuration) for one-time prekey pools and rate-limit buckets. Any number of sealpost
-//! instances can share them.
+//! fred's cluster configuration) for one-time prekey pools, message queues, rate-limit buckets and the
+//! pub/sub bus. Any number of sealpost instances can share them.
 //!
 //! Redis keys all start with the configured prefix. Keys that a script touches together share a hash tag
 //! (`{aci.device}`), so every script runs on one cluster slot.
@@ -439,7 +439,7 @@ impl Probe for Postgres {
     }
 }
 
-/// Redis: one-time prekey pools and rate-limit buckets.
+/// Redis: one-time prekey pools, message queues and rate-limit buckets.
 pub struct Redis {
     pool: RedisPool,
     prefix: String,
@@ -493,27 +493,48 @@ return wait
 
 /// Queues: per account a sequence counter, per device a sorted set (score = seq, member = expiry ‖ guid ‖
 /// envelope) and a hash guid → seq for acknowledgements. All keys of an account share the hash tag
-/// `{aci}`, so one script call queues for every device of the recipient atomically.
+/// `{aci}`, so one script call queues for every device of the recipient atomically, and the same call
+/// publishes the wake-up on each device's bus channel (one round trip per send).
 ///
 /// KEYS: counter, then (zset, index) per device. ARGV: max length, queue ttl ms, counter ttl ms, then
-/// (member, guid) per device. Returns 0, or -i when the i-th device's queue is full (nothing queued).
+/// (member, guid, channel) per device. Returns 0, or -i when the i-th device's queue is full (nothing queued).
+/// A queue at its limit is first purged of expired envelopes (members start with their big-endian expiry),
+/// so expired envelopes never make a sender see `queue_full`.
 const PUSH_LUA: &str = r#"
 local max = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
 local n = (#KEYS - 1) / 2
+local function purge_expired(zkey, ikey)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  for _, m in ipairs(redis.call('ZRANGE', zkey, 0, -1)) do
+    local expiry = 0
+    for k = 1, 8 do expiry = expiry * 256 + string.byte(m, k) end
+    if expiry <= now then
+      redis.call('ZREM', zkey, m)
+      redis.call('HDEL', ikey, string.sub(m, 9, 24))
+    end
+  end
+end
 for i = 1, n do
-  if redis.call('ZCARD', KEYS[2 * i]) >= max then return -i end
+  if redis.call('ZCARD', KEYS[2 * i]) >= max then
+    purge_expired(KEYS[2 * i], KEYS[2 * i + 1])
+    if redis.call('ZCARD', KEYS[2 * i]) >= max then return -i end
+  end
 end
 for i = 1, n do
   local seq = redis.call('INCR', KEYS[1])
-  redis.call('ZADD', KEYS[2 * i], seq, ARGV[2 + 2 * i])
-  redis.call('HSET', KEYS[2 * i + 1], ARGV[3 + 2 * i], seq)
+  redis.call('ZADD', KEYS[2 * i], seq, ARGV[1 + 3 * i])
+  redis.call('HSET', KEYS[2 * i + 1], ARGV[2 + 3 * i], seq)
   if redis.call('PTTL', KEYS[2 * i]) < ttl then
     redis.call('PEXPIRE', KEYS[2 * i], ttl)
     redis.call('PEXPIRE', KEYS[2 * i + 1], ttl)
   end
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
+for i = 1, n do
+  redis.call('PUBLISH', ARGV[3 + 3 * i], ARGV[4 + 3 * n])
+end
 return 0
 "#;
 
@@ -658,6 +679,11 @@ impl PreKeyPool for Redis {
     }
 }
 
+/// The bus channel of one device (the queue's push script publishes on it too).
+fn device_channel(prefix: &str, aci: Aci, device: DeviceId) -> String {
+    format!("{prefix}dev:{aci}.{device}")
+}
+
 /// How long a device's sequence counter outlives its last push: longer than any envelope can live, so a
 /// counter never restarts under a connected socket's cursor.
 const COUNTER_TTL_MS: i64 = 400 * 86_400_000;
@@ -669,7 +695,7 @@ impl MessageQueue for Redis {
         aci: Aci,
         items: &[(DeviceId, NewEnvelope)],
         max_len: u32,
-    ) -> StoreResult<Result<(), QueueFull>> {
+    ) -> StoreResult<Result<Pushed, QueueFull>> {
         let now = crate::domain::now_millis();
         let ttl = items.iter().map(|(_, e)| e.expires_at - now).max().unwrap_or(1).max(1);
         let mut keys = vec![self.queue_counter(aci)];
@@ -682,14 +708,16 @@ impl MessageQueue for Redis {
             member.extend_from_slice(&item.envelope);
             args.push(RedisValue::Bytes(member.into()));
             args.push(RedisValue::Bytes(item.guid.to_vec().into()));
+            args.push(device_channel(&self.prefix, aci, *device).into());
         }
+        args.push(RedisValue::Bytes(BusEvent::Wake.encode().into()));
         let result: i64 = self.push.evalsha_with_reload(self.pool.next(), keys, args).await?;
         if result < 0 {
             let index = (-result - 1) as usize;
             let device = items.get(index).map(|(d, _)| *d).ok_or(StoreError::Corrupt("push reply"))?;
             return Ok(Err(QueueFull(device)));
         }
-        Ok(Ok(()))
+        Ok(Ok(Pushed { notified: true }))
     }
 
     async fn peek(
@@ -701,35 +729,22 @@ impl MessageQueue for Redis {
         now: i64,
     ) -> StoreResult<Vec<QueuedEnvelope>> {
         let [zset, _] = self.queue_keys(aci, device);
-        let reply: Vec<RedisValue> = self
-            .peek
-            .evalsha_with_reload(self.pool.next(), vec![zset], vec![after.to_string(), limit.to_string()])
-            .await?;
-        let mut out = Vec::with_capacity(reply.len() / 2);
+        let mut out = Vec::with_capacity(limit.min(1024));
         let mut expired = Vec::new();
-        for pair in reply.chunks(2) {
-            let [member, score] = pair else { return Err(StoreError::Corrupt("peek reply")) };
-            let member = bytes_of(member).ok_or(StoreError::Corrupt("queue member"))?;
-            let seq: u64 = match score {
-                RedisValue::String(s) => s.parse::<f64>().map_err(|_| StoreError::Corrupt("queue score"))? as u64,
-                RedisValue::Bytes(b) => std::str::from_utf8(b)
-                    .ok()
-                    .and_then(|s| s.parse::<f64>().ok())
-                    .ok_or(StoreError::Corrupt("queue score"))? as u64,
-                RedisValue::Integer(i) => *i as u64,
-                RedisValue::Double(d) => *d as u64,
-                _ => return Err(StoreError::Corrupt("queue score")),
-            };
-            if member.len() < 24 {
-                return Err(StoreError::Corrupt("queue member"));
+        let mut cursor = after;
+        // Expired envelopes met on the way are skipped, and the page is refilled past them, so a short
+        // page always means the end of the queue.
+        while out.len() < limit {
+            let wanted = limit - out.len();
+            let reply: Vec<RedisValue> = self
+                .peek
+                .evalsha_with_reload(self.pool.next(), vec![zset.clone()], vec![cursor.to_string(), wanted.to_string()])
+                .await?;
+            let fetched = reply.len() / 2;
+            self.sort_page(&reply, now, &mut cursor, &mut out, &mut expired)?;
+            if fetched < wanted {
+                break;
             }
-            let expires_at = i64::from_be_bytes(member[..8].try_into().map_err(|_| StoreError::Corrupt("expiry"))?);
-            let guid: [u8; 16] = member[8..24].try_into().map_err(|_| StoreError::Corrupt("guid"))?;
-            if expires_at <= now {
-                expired.push(guid);
-                continue;
-            }
-            out.push(QueuedEnvelope { seq, guid, expires_at, envelope: member[24..].to_vec() });
         }
         // Expired envelopes are dropped as they are met; whole queues also expire with their last envelope.
         for guid in expired {
@@ -752,8 +767,52 @@ impl MessageQueue for Redis {
         Ok(())
     }
 
+    async fn remove_account(&self, aci: Aci) -> StoreResult<()> {
+        let _: i64 = self.pool.del(self.queue_counter(aci)).await?;
+        Ok(())
+    }
+
     async fn reap(&self, _now: i64) -> StoreResult<u64> {
         Ok(0)
+    }
+}
+
+impl Redis {
+    /// Splits a ZRANGEBYSCORE … WITHSCORES reply into live and expired envelopes, advancing the cursor.
+    fn sort_page(
+        &self,
+        reply: &[RedisValue],
+        now: i64,
+        cursor: &mut u64,
+        out: &mut Vec<QueuedEnvelope>,
+        expired: &mut Vec<[u8; 16]>,
+    ) -> StoreResult<()> {
+        for pair in reply.chunks(2) {
+            let [member, score] = pair else { return Err(StoreError::Corrupt("peek reply")) };
+            let member = bytes_of(member).ok_or(StoreError::Corrupt("queue member"))?;
+            let seq: u64 = match score {
+                RedisValue::String(s) => s.parse::<f64>().map_err(|_| StoreError::Corrupt("queue score"))? as u64,
+                RedisValue::Bytes(b) => std::str::from_utf8(b)
+                    .ok()
+                    .and_then(|s| s.parse::<f64>().ok())
+                    .ok_or(StoreError::Corrupt("queue score"))? as u64,
+                RedisValue::Integer(i) => *i as u64,
+                RedisValue::Double(d) => *d as u64,
+                _ => return Err(StoreError::Corrupt("queue score")),
+            };
+            if member.len() < 24 {
+                return Err(StoreError::Corrupt("queue member"));
+            }
+            let expires_at = i64::from_be_bytes(member[..8].try_into().map_err(|_| StoreError::Corrupt("expiry"))?);
+            let guid: [u8; 16] = member[8..24].try_into().map_err(|_| StoreError::Corrupt("guid"))?;
+            *cursor = (*cursor).max(seq);
+            if expires_at <= now {
+                expired.push(guid);
+                continue;
+            }
+            out.push(QueuedEnvelope { seq, guid, expires_at, envelope: member[24..].to_vec() });
+        }
+        Ok(())
     }
 }
 
@@ -802,6 +861,7 @@ pub struct RedisBus {
     provisioning_prefix: String,
     presence_prefix: String,
     presence_ttl: Duration,
+    invalidation_channel: String,
     receiver: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<BusMessage>>>,
 }
 
@@ -819,10 +879,24 @@ impl RedisBus {
         let mut messages = subscriber.message_rx();
         let strip = channel_prefix.clone();
         let strip_provisioning = provisioning_prefix.clone();
+        let invalidations = Self::invalidation_channel(prefix);
+        {
+            use fred::prelude::PubsubInterface;
+            subscriber.subscribe(invalidations.clone()).await?;
+        }
         tokio::spawn(async move {
             loop {
                 match messages.recv().await {
                     Ok(message) => {
+                        if message.channel == invalidations.as_str() {
+                            let aci = bytes_of(&message.value).and_then(|b| uuid::Uuid::from_slice(b).ok()).map(Aci);
+                            if let Some(aci) = aci
+                                && sender.send(BusMessage::Invalidate(aci)).is_err()
+                            {
+                                break;
+                            }
+                            continue;
+                        }
                         if let Some(address) = message.channel.strip_prefix(strip_provisioning.as_str()) {
                             let body = bytes_of(&message.value).map(<[u8]>::to_vec).unwrap_or_default();
                             if sender.send(BusMessage::Provisioning(address.to_owned(), body)).is_err() {
@@ -856,6 +930,7 @@ impl RedisBus {
             channel_prefix,
             provisioning_prefix,
             presence_prefix: format!("{prefix}provpresence:"),
+            invalidation_channel: Self::invalidation_channel(prefix),
             presence_ttl,
             receiver: std::sync::Mutex::new(Some(receiver)),
         })
@@ -863,6 +938,10 @@ impl RedisBus {
 
     fn channel(&self, aci: Aci, device: DeviceId) -> String {
         format!("{}{aci}.{device}", self.channel_prefix)
+    }
+
+    fn invalidation_channel(prefix: &str) -> String {
+        format!("{prefix}invalidate")
     }
 }
 
@@ -911,6 +990,16 @@ impl Bus for RedisBus {
         use fred::prelude::PubsubInterface;
         let _: i64 = self.publisher.del(format!("{}{address}", self.presence_prefix)).await?;
         self.subscriber.unsubscribe(format!("{}{address}", self.provisioning_prefix)).await?;
+        Ok(())
+    }
+
+    async fn publish_invalidation(&self, aci: Aci) -> StoreResult<()> {
+        use fred::prelude::PubsubInterface;
+        let _: i64 = self
+            .publisher
+            .next()
+            .publish(self.invalidation_channel.clone(), RedisValue::Bytes(aci.0.as_bytes().to_vec().into()))
+            .await?;
         Ok(())
     }
 

@@ -21,7 +21,30 @@ both_backends!(
     invite_policy_takes_single_use_codes,
     approval_policy_holds_accounts_until_approved,
     attributes_validate_the_access_key,
+    a_trusted_proxy_names_the_client_by_the_address_it_appended,
 );
+
+async fn a_trusted_proxy_names_the_client_by_the_address_it_appended(backend: Backend) {
+    let server = start_with(backend, |c| {
+        c.trusted_proxy_header = Some("x-forwarded-for".into());
+        c.limit_registration_per_ip = limit("2/1h");
+    })
+    .await;
+    let register = |forwarded: &'static str| {
+        let key = KeyPair::generate().public_serialized();
+        let body = registration(&key, 5, &[6u8; 32]);
+        let server = &server;
+        async move {
+            server.call(Method::POST, "/v1/accounts", Auth::Header("x-forwarded-for", forwarded), Some(body)).await
+        }
+    };
+    // A client cannot pick its bucket by prepending addresses: the proxy's own entry (the last) counts.
+    register("1.1.1.1, 203.0.113.7").await.expect(201);
+    register("2.2.2.2, 203.0.113.7").await.expect(201);
+    register("3.3.3.3, 203.0.113.7").await.expect_error(429, "rate_limited");
+    register("203.0.113.8").await.expect(201);
+    server.stop().await;
+}
 
 fn registration(identity: &[u8], registration_id: i64, secret: &[u8]) -> serde_json::Value {
     json!({
@@ -207,6 +230,7 @@ async fn approval_policy_holds_accounts_until_approved(backend: Backend) {
     server.token_reply(&aci, 1, &[8u8; 32]).await.expect_error(401, "unauthorized");
     let parsed = sealpost::domain::Aci::parse(&aci).expect("aci");
     assert!(server.app.storage.accounts.approve(parsed).await.expect("approve"));
+    server.app.directory.invalidate(parsed).await.expect("invalidate");
     let token = server.token_reply(&aci, 1, &secret).await.expect(200);
     server.get("/v1/devices", Auth::Bearer(token["token"].as_str().expect("token"))).await.expect(200);
     server.stop().await;

@@ -259,6 +259,8 @@ impl TestServer {
             .await
             .expect("storage")
             .expect("device added");
+        // Writes that bypass the API must tell the account cache, as the API's own writes do.
+        self.app.directory.invalidate(aci).await.expect("invalidate");
         let mut linked = User {
             aci: user.aci.clone(),
             device_id: id.0,

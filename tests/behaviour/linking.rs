@@ -188,6 +188,11 @@ async fn a_failed_signature_spends_the_code(backend: Backend) {
     let mut bad = link_body(&primary.identity, &fresh, &[1u8; 31], 5);
     server.put("/v1/devices/link", Auth::None, bad.clone()).await.expect_error(400, "invalid_device_secret");
     bad["deviceSecret"] = json!(STANDARD.encode([1u8; 32]));
+    let good_key = bad["signedPreKey"]["publicKey"].clone();
+    bad["signedPreKey"]["publicKey"] = json!(STANDARD.encode([5u8; 32]));
+    server.put("/v1/devices/link", Auth::None, bad.clone()).await.expect_error(400, "invalid_key_length");
+    bad["signedPreKey"]["publicKey"] = good_key;
+    bad["deviceSecret"] = json!(STANDARD.encode([1u8; 32]));
     server.put("/v1/devices/link", Auth::None, bad).await.expect(200);
     let devices = server.get("/v1/devices", primary.bearer()).await.expect(200);
     assert_eq!(devices["devices"].as_array().map(Vec::len), Some(2));

@@ -24,7 +24,97 @@ both_backends!(
     certificates_chain_to_the_trust_root,
     browsers_pass_the_token_in_the_query_and_idle_sockets_close,
     the_reaper_deletes_expired_envelopes,
+    expired_envelopes_neither_fill_queues_nor_cut_pages_short,
+    malformed_sends_and_plain_requests_to_sockets_get_json_errors,
 );
+
+async fn expired_envelopes_neither_fill_queues_nor_cut_pages_short(backend: Backend) {
+    let server = start_with(backend, |c| {
+        c.max_queue_len = 3;
+        c.ws_window = 2;
+    })
+    .await;
+    let bob = ready_user(&server).await;
+    let alice = ready_user(&server).await;
+    let path = format!("/v1/messages/{}", bob.aci);
+    for _ in 0..3 {
+        server
+            .put(
+                &path,
+                alice.bearer(),
+                json!({"messages": [message(&bob, 1, b"brief")], "timestamp": 1, "ttlSeconds": 1}),
+            )
+            .await
+            .expect(200);
+    }
+    send(&server, &alice, &bob, b"full").await.expect_error(507, "queue_full");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The three expired envelopes no longer count: two lasting ones fit.
+    send(&server, &alice, &bob, b"first").await.expect(200);
+    send(&server, &alice, &bob, b"second").await.expect(200);
+    // With a window of two, the first page may meet only expired envelopes; the socket must still get
+    // both lasting ones before it hears that the queue is empty.
+    let mut socket = Socket::connect(&server.base, &bob.token).await;
+    for expected in [&b"first"[..], &b"second"[..]] {
+        let (id, envelope) = socket.envelope().await;
+        assert_eq!(envelope.content.as_deref(), Some(expected));
+        socket.respond(id, 200).await;
+    }
+    socket.expect_queue_empty().await;
+    socket.close().await;
+    server.stop().await;
+
+    // Expired envelopes left in front of live ones (nothing purged them) must not end a page early.
+    let server = start_with(backend, |c| c.ws_window = 2).await;
+    let bob = ready_user(&server).await;
+    let alice = ready_user(&server).await;
+    let path = format!("/v1/messages/{}", bob.aci);
+    for _ in 0..3 {
+        server
+            .put(
+                &path,
+                alice.bearer(),
+                json!({"messages": [message(&bob, 1, b"brief")], "timestamp": 1, "ttlSeconds": 1}),
+            )
+            .await
+            .expect(200);
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    send(&server, &alice, &bob, b"first").await.expect(200);
+    send(&server, &alice, &bob, b"second").await.expect(200);
+    let mut socket = Socket::connect(&server.base, &bob.token).await;
+    for expected in [&b"first"[..], &b"second"[..]] {
+        let (id, envelope) = socket.envelope().await;
+        assert_eq!(envelope.content.as_deref(), Some(expected));
+        socket.respond(id, 200).await;
+    }
+    socket.expect_queue_empty().await;
+    let page = server.get("/v1/messages", bob.bearer()).await.expect(200);
+    assert_eq!(page["more"], false);
+    socket.close().await;
+    server.stop().await;
+}
+
+async fn malformed_sends_and_plain_requests_to_sockets_get_json_errors(backend: Backend) {
+    let server = start(backend).await;
+    let bob = ready_user(&server).await;
+    let alice = ready_user(&server).await;
+    let path = format!("/v1/messages/{}", bob.aci);
+    server
+        .put(&path, alice.bearer(), json!({"messages": [message(&bob, 1, b"x")], "timestamp": 1, "onlne": true}))
+        .await
+        .expect_error(400, "unknown_field");
+    let mut bad_device = message(&bob, 1, b"x");
+    bad_device["destinationDeviceId"] = json!(-1);
+    server
+        .put(&path, alice.bearer(), json!({"messages": [bad_device], "timestamp": 1}))
+        .await
+        .expect_error(400, "invalid_body");
+    server.get("/v1/websocket", bob.bearer()).await.expect_error(426, "websocket_upgrade_required");
+    server.get("/v1/websocket", Auth::None).await.expect_error(401, "unauthorized");
+    server.get("/v1/websocket/provisioning", Auth::None).await.expect_error(426, "websocket_upgrade_required");
+    server.stop().await;
+}
 
 /// A recipient ready to receive: registered with keys uploaded.
 pub async fn ready_user(server: &TestServer) -> User {
