@@ -73,7 +73,9 @@ impl Hub {
     /// Registers a socket for the device, subscribes this instance to it and tells every other socket of
     /// the device (on any instance) to close.
     pub async fn register(&self, aci: Aci, device: DeviceId) -> StoreResult<Registration> {
-        let connection_id: u64 = rand::random();
+        // Ids grow with time (milliseconds, then 16 random bits), so a displacement notice that arrives late
+        // can tell which socket is newer and never closes the socket that replaced its sender.
+        let connection_id = ((crate::domain::now_millis() as u64) << 16) | u64::from(rand::random::<u16>());
         let (sender, events) = mpsc::channel(SOCKET_EVENT_BUFFER);
         {
             let _guard = self.subscriptions.lock().await;
@@ -119,7 +121,7 @@ impl Hub {
         let Some(entry) = sockets.get(&(aci, device)) else { return };
         for (id, sender) in entry {
             let event = match &event {
-                BusEvent::Displace(newer) if newer == id => continue,
+                BusEvent::Displace(newer) if newer <= id => continue,
                 other => other.clone(),
             };
             // A full buffer means the socket is behind: dropping a wake is safe because the socket re-reads

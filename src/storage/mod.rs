@@ -282,7 +282,7 @@ pub enum BusEvent {
     Wake,
     /// An envelope for connected sockets only (`online: true`): never stored.
     Ephemeral(Vec<u8>),
-    /// A socket with this connection id opened: every other socket of the device must close (4409).
+    /// A socket with this connection id opened: every older socket of the device must close (4409).
     Displace(u64),
     /// The device was removed: its sockets must close (4401).
     Revoke,
