@@ -1,5 +1,6 @@
 //! A per-instance cache of what every request asks about accounts: whether a device may act, the
-//! recipient's access key and identity key, and which devices (with registration ids) can receive.
+//! recipient's access key and identity key, which devices (with registration ids) can receive, and their
+//! signed and last-resort keys.
 //!
 //! Why: these checks run on every authenticated request and every send; reading them from the durable
 //! store each time would cost several database round trips per message.
@@ -14,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::domain::{Aci, DeviceId, RegistrationId};
-use crate::storage::{Account, Storage, StoreResult};
+use crate::storage::{Account, DeviceKeys, Storage, StoreResult};
 
 /// What is known about one account (or its absence).
 #[derive(Debug)]
@@ -24,6 +25,8 @@ pub struct Entry {
     pub devices: Vec<DeviceId>,
     /// Devices that can receive messages, with their registration ids.
     pub ready: Vec<(DeviceId, RegistrationId)>,
+    /// Signed and last-resort keys of those devices, for bundles.
+    pub keys: Vec<DeviceKeys>,
 }
 
 impl Entry {
@@ -59,13 +62,14 @@ impl Directory {
             return Ok(entry.clone());
         }
         let account = self.storage.accounts.account(aci).await?;
-        let (devices, ready) = if account.is_some() {
+        let (devices, keys) = if account.is_some() {
             let devices = self.storage.accounts.devices(aci).await?.into_iter().map(|d| d.id).collect();
-            (devices, self.storage.keys.ready_devices(aci).await?)
+            (devices, self.storage.keys.device_keys(aci, None).await?)
         } else {
             (Vec::new(), Vec::new())
         };
-        let entry = Arc::new(Entry { account, devices, ready });
+        let ready = keys.iter().map(|k| (k.device, k.registration_id)).collect();
+        let entry = Arc::new(Entry { account, devices, ready, keys });
         let mut entries = self.lock();
         if entries.len() >= MAX_ENTRIES {
             entries.retain(|_, (loaded, _)| now.duration_since(*loaded) < self.ttl);

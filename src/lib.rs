@@ -64,6 +64,7 @@ pub async fn build_app(config: Config) -> Result<Arc<App>, StartError> {
         metrics: telemetry::metrics_handle(),
         hub,
         directory,
+        tokens: Default::default(),
         certifier,
         shutdown,
         shutdown_trigger,

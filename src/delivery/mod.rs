@@ -59,6 +59,7 @@ impl Hub {
                         BusMessage::Device(aci, device, event) => hub.dispatch(aci, device, event),
                         BusMessage::Provisioning(address, body) => hub.deliver_provisioning(&address, body),
                         BusMessage::Invalidate(aci) => directory.forget(aci),
+                        BusMessage::WakeAll => hub.wake_all(),
                     }
                 }
             });
@@ -159,6 +160,14 @@ impl Hub {
     fn deliver_provisioning(&self, address: &str, body: Vec<u8>) {
         if let Some(sender) = self.provisioning.lock().unwrap_or_else(|p| p.into_inner()).remove(address) {
             let _ = sender.send(body);
+        }
+    }
+
+    fn wake_all(&self) {
+        for entry in self.lock().values() {
+            for (_, sender) in entry {
+                let _ = sender.try_send(BusEvent::Wake);
+            }
         }
     }
 

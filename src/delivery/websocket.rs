@@ -131,7 +131,8 @@ async fn deliver(
                 state.next_request_id += 1;
                 state.in_flight.insert(id, item.guid);
                 state.cursor = state.cursor.max(item.seq);
-                sink.send(envelope_request(id, item.envelope.clone())).await?;
+                // Queue the frames and flush once per batch: one write for many envelopes.
+                sink.feed(envelope_request(id, item.envelope.clone())).await?;
             }
             metrics::counter!("sealpost_envelopes_sent_total").increment(batch.len() as u64);
             if batch.len() < want {
@@ -141,9 +142,10 @@ async fn deliver(
                     let id = state.next_request_id;
                     state.next_request_id += 1;
                     let message = WebSocketMessage::request(id, "PUT", "/api/v1/queue/empty", None, Vec::new());
-                    sink.send(Message::Binary(message.encode_to_vec().into())).await?;
+                    sink.feed(Message::Binary(message.encode_to_vec().into())).await?;
                 }
             }
+            sink.flush().await?;
         }
 
         tokio::select! {

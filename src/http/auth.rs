@@ -34,8 +34,42 @@ pub fn issue(app: &App, aci: Aci, device: DeviceId) -> Result<(String, u64), Api
     Ok((token, ttl))
 }
 
+/// Tokens whose signature was already checked, by SHA-256 of the token (so a lookup compares no secret),
+/// until their expiry. Verifying an Ed25519 signature costs tens of microseconds, and a device presents the
+/// same token on every request for its whole lifetime.
+#[derive(Default)]
+pub struct TokenCache {
+    entries: std::sync::Mutex<std::collections::HashMap<[u8; 32], (Aci, DeviceId, u64)>>,
+}
+
+/// Above this many cached tokens, expired ones are dropped (and all, if that is not enough).
+const MAX_CACHED_TOKENS: usize = 100_000;
+
+impl TokenCache {
+    fn get(&self, key: &[u8; 32], now: u64) -> Option<(Aci, DeviceId)> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.get(key).filter(|(_, _, exp)| *exp > now).map(|(aci, device, _)| (*aci, *device))
+    }
+
+    fn put(&self, key: [u8; 32], aci: Aci, device: DeviceId, exp: u64, now: u64) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= MAX_CACHED_TOKENS {
+            entries.retain(|_, (_, _, e)| *e > now);
+            if entries.len() >= MAX_CACHED_TOKENS {
+                entries.clear();
+            }
+        }
+        entries.insert(key, (aci, device, exp));
+    }
+}
+
 /// Checks a token's signature and expiry (not yet whether the device still exists).
 pub fn verify(app: &App, token: &str) -> Result<(Aci, DeviceId), ApiError> {
+    let now = (crate::domain::now_millis() / 1000) as u64;
+    let key = crate::crypto::sha256(token.as_bytes());
+    if let Some(hit) = app.tokens.get(&key, now) {
+        return Ok(hit);
+    }
     let mut validation = Validation::new(Algorithm::EdDSA);
     validation.leeway = 5;
     validation.set_required_spec_claims(&["exp", "sub"]);
@@ -43,6 +77,7 @@ pub fn verify(app: &App, token: &str) -> Result<(Aci, DeviceId), ApiError> {
         .map_err(|_| ApiError::Unauthorized)?;
     let aci = Aci::parse(&data.claims.sub).ok_or(ApiError::Unauthorized)?;
     let device = DeviceId::parse(&data.claims.dev.to_string()).ok_or(ApiError::Unauthorized)?;
+    app.tokens.put(key, aci, device, data.claims.exp, now);
     Ok((aci, device))
 }
 

@@ -31,6 +31,7 @@ pub struct App {
     pub metrics: PrometheusHandle,
     pub hub: Arc<crate::delivery::Hub>,
     pub directory: Arc<crate::directory::Directory>,
+    pub tokens: auth::TokenCache,
     pub certifier: crate::messages::certificates::Certifier,
     /// Turns true when the server begins to shut down; open sockets close with 1001.
     pub shutdown: tokio::sync::watch::Receiver<bool>,

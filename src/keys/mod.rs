@@ -280,7 +280,7 @@ async fn fetch(
     let Some(account) = account.filter(|a| a.approved) else { return Err(not_found) };
     app.limiter.check("prekey_fetch_target", target.0.as_bytes(), &app.config.limit_prekey_fetch_per_target).await?;
 
-    let devices = app.storage.keys.device_keys(target, only).await?;
+    let devices: Vec<_> = entry.keys.iter().filter(|k| only.is_none_or(|d| d == k.device)).cloned().collect();
     if devices.is_empty() {
         return Err(not_found);
     }

@@ -50,11 +50,12 @@ pub async fn migrate_only(_config: &Config, database_url: &str) -> StoreResult<u
 
 pub async fn connect(config: &Config, database_url: &str) -> StoreResult<Storage> {
     migrate_only(config, database_url).await?;
-    let pool = SqlitePoolOptions::new()
+    let writer = SqlitePoolOptions::new().max_connections(1).connect_with(options(database_url)?).await?;
+    let reader = SqlitePoolOptions::new()
         .max_connections(config.database_max_connections.max(1))
-        .connect_with(options(database_url)?)
+        .connect_with(options(database_url)?.read_only(true))
         .await?;
-    let db = Arc::new(Sqlite { pool });
+    let db = Arc::new(Sqlite { reader, writer });
     Ok(Storage {
         accounts: db.clone(),
         keys: db.clone(),
@@ -68,8 +69,14 @@ pub async fn connect(config: &Config, database_url: &str) -> StoreResult<Storage
 }
 
 /// The SQLite store.
+///
+/// SQLite allows one writer at a time. All writes go through a pool of exactly one connection, so they
+/// queue in the pool (a cheap async wait) instead of colliding on the file lock, where SQLite's busy
+/// handler would sleep and stretch latencies; reads use their own read-only connections, which WAL lets
+/// run beside the writer.
 pub struct Sqlite {
-    pool: SqlitePool,
+    reader: SqlitePool,
+    writer: SqlitePool,
 }
 
 fn aci_text(aci: Aci) -> String {
@@ -138,7 +145,7 @@ impl AccountStore for Sqlite {
         invite: Option<[u8; 32]>,
         now: i64,
     ) -> StoreResult<Result<(), CreateAccountError>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         if let Some(hash) = invite {
             let consumed = sqlx::query("DELETE FROM invites WHERE code_hash = ? AND expires_at > ?")
                 .bind(&hash[..])
@@ -177,7 +184,7 @@ impl AccountStore for Sqlite {
         sqlx::query("INSERT INTO invites (code_hash, expires_at) VALUES (?, ?)")
             .bind(&code_hash[..])
             .bind(expires_at)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -189,7 +196,7 @@ impl AccountStore for Sqlite {
         max_devices: u32,
     ) -> StoreResult<Result<DeviceId, AddDeviceError>> {
         // BEGIN IMMEDIATE takes the write lock before reading, so the count cannot change under us.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let result = add_device_locked(&mut tx, aci, device, max_devices).await?;
         if result.is_ok() {
             tx.commit().await?;
@@ -200,7 +207,7 @@ impl AccountStore for Sqlite {
     async fn approve(&self, aci: Aci) -> StoreResult<bool> {
         let done = sqlx::query("UPDATE accounts SET approved = 1 WHERE aci = ?")
             .bind(aci_text(aci))
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -209,7 +216,7 @@ impl AccountStore for Sqlite {
         let row =
             sqlx::query("SELECT identity_key, access_key, unrestricted_access, approved FROM accounts WHERE aci = ?")
                 .bind(aci_text(aci))
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.reader)
                 .await?;
         let Some(row) = row else { return Ok(None) };
         let access: Option<Vec<u8>> = row.try_get("access_key")?;
@@ -234,7 +241,7 @@ impl AccountStore for Sqlite {
         )
         .bind(aci_text(aci))
         .bind(i64::from(device.0))
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.reader)
         .await?;
         row.map(|row| {
             Ok(DeviceCredentials {
@@ -253,7 +260,7 @@ impl AccountStore for Sqlite {
         )
         .bind(aci_text(aci))
         .bind(i64::from(device.0))
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.reader)
         .await?;
         Ok(found.is_some())
     }
@@ -264,7 +271,7 @@ impl AccountStore for Sqlite {
             .bind(aci_text(aci))
             .bind(i64::from(device.0))
             .bind(day)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -274,7 +281,7 @@ impl AccountStore for Sqlite {
             "SELECT device_id, registration_id, created_at, last_seen_day, name FROM devices WHERE aci = ? ORDER BY device_id",
         )
         .bind(aci_text(aci))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await?;
         rows.into_iter()
             .map(|row| {
@@ -293,13 +300,13 @@ impl AccountStore for Sqlite {
         let done = sqlx::query("DELETE FROM devices WHERE aci = ? AND device_id = ?")
             .bind(aci_text(aci))
             .bind(i64::from(device.0))
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(done.rows_affected() == 1)
     }
 
     async fn delete_account(&self, aci: Aci) -> StoreResult<bool> {
-        let done = sqlx::query("DELETE FROM accounts WHERE aci = ?").bind(aci_text(aci)).execute(&self.pool).await?;
+        let done = sqlx::query("DELETE FROM accounts WHERE aci = ?").bind(aci_text(aci)).execute(&self.writer).await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -308,7 +315,7 @@ impl AccountStore for Sqlite {
             .bind(key.map(|k| k.0.to_vec()))
             .bind(unrestricted)
             .bind(aci_text(aci))
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -318,7 +325,7 @@ impl AccountStore for Sqlite {
             .bind(&code_hash[..])
             .bind(aci_text(aci))
             .bind(expires_at)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -326,7 +333,7 @@ impl AccountStore for Sqlite {
     async fn consume_link_code(&self, code_hash: [u8; 32], now: i64) -> StoreResult<Option<Aci>> {
         let row = sqlx::query("DELETE FROM link_codes WHERE code_hash = ? RETURNING aci, expires_at")
             .bind(&code_hash[..])
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.writer)
             .await?;
         let Some(row) = row else { return Ok(None) };
         let expires_at: i64 = row.try_get("expires_at")?;
@@ -335,13 +342,13 @@ impl AccountStore for Sqlite {
     }
 
     async fn reap_codes(&self, now: i64) -> StoreResult<u64> {
-        let links = sqlx::query("DELETE FROM link_codes WHERE expires_at <= ?").bind(now).execute(&self.pool).await?;
-        let invites = sqlx::query("DELETE FROM invites WHERE expires_at <= ?").bind(now).execute(&self.pool).await?;
+        let links = sqlx::query("DELETE FROM link_codes WHERE expires_at <= ?").bind(now).execute(&self.writer).await?;
+        let invites = sqlx::query("DELETE FROM invites WHERE expires_at <= ?").bind(now).execute(&self.writer).await?;
         Ok(links.rows_affected() + invites.rows_affected())
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
         Ok(())
     }
 }
@@ -355,7 +362,7 @@ impl KeyStore for Sqlite {
         signed: Option<&SignedEcKey>,
         last_resort: Option<&SignedKemKey>,
     ) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let parts = [
             signed.map(|k| (KIND_EC, k.key_id, k.public_key.0.to_vec(), k.signature.0)),
             last_resort.map(|k| (KIND_KEM, k.key_id, k.public_key.0.clone(), k.signature.0)),
@@ -379,27 +386,6 @@ impl KeyStore for Sqlite {
         Ok(())
     }
 
-    async fn ready_devices(&self, aci: Aci) -> StoreResult<Vec<(DeviceId, RegistrationId)>> {
-        let rows = sqlx::query(
-            "SELECT d.device_id, d.registration_id FROM devices d
-             WHERE d.aci = ?
-               AND EXISTS (SELECT 1 FROM signed_keys e WHERE e.aci = d.aci AND e.device_id = d.device_id AND e.kind = 1)
-               AND EXISTS (SELECT 1 FROM signed_keys k WHERE k.aci = d.aci AND k.device_id = d.device_id AND k.kind = 2)
-             ORDER BY d.device_id",
-        )
-        .bind(aci_text(aci))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|row| {
-                Ok((
-                    DeviceId(row.try_get::<i64, _>("device_id")? as u32),
-                    registration_id(row.try_get("registration_id")?)?,
-                ))
-            })
-            .collect()
-    }
-
     async fn device_keys(&self, aci: Aci, only: Option<DeviceId>) -> StoreResult<Vec<DeviceKeys>> {
         let rows = sqlx::query(
             "SELECT d.device_id, d.registration_id,
@@ -414,7 +400,7 @@ impl KeyStore for Sqlite {
         .bind(aci_text(aci))
         .bind(only.map(|d| i64::from(d.0)))
         .bind(only.map(|d| i64::from(d.0)))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await?;
         rows.into_iter()
             .map(|row| {
@@ -445,7 +431,7 @@ impl MessageQueue for Sqlite {
         items: &[(DeviceId, NewEnvelope)],
         max_len: u32,
     ) -> StoreResult<Result<Pushed, QueueFull>> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let now = crate::domain::now_millis();
         for (device, _) in items {
             // Expired envelopes are invisible and do not count against the limit.
@@ -491,7 +477,7 @@ impl MessageQueue for Sqlite {
         .bind(after as i64)
         .bind(now)
         .bind(limit as i64)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await?;
         rows.into_iter()
             .map(|row| {
@@ -511,7 +497,7 @@ impl MessageQueue for Sqlite {
             .bind(&guid[..])
             .bind(aci_text(aci))
             .bind(i64::from(device.0))
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -520,13 +506,13 @@ impl MessageQueue for Sqlite {
         sqlx::query("DELETE FROM messages WHERE aci = ? AND device_id = ?")
             .bind(aci_text(aci))
             .bind(i64::from(device.0))
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
 
     async fn reap(&self, now: i64) -> StoreResult<u64> {
-        let done = sqlx::query("DELETE FROM messages WHERE expires_at <= ?").bind(now).execute(&self.pool).await?;
+        let done = sqlx::query("DELETE FROM messages WHERE expires_at <= ?").bind(now).execute(&self.writer).await?;
         Ok(done.rows_affected())
     }
 }
@@ -540,7 +526,7 @@ impl PreKeyPool for Sqlite {
         ec: Option<&[EcOneTimeKey]>,
         kem: Option<&[SignedKemKey]>,
     ) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let lists: [(i64, Option<Vec<(u32, Vec<u8>, Option<[u8; 64]>)>>); 2] = [
             (KIND_EC, ec.map(|keys| keys.iter().map(|k| (k.key_id, k.public_key.0.to_vec(), None)).collect())),
             (
@@ -582,7 +568,7 @@ impl PreKeyPool for Sqlite {
         )
         .bind(aci_text(aci))
         .bind(i64::from(device.0))
-        .fetch_one(&self.pool)
+        .fetch_one(&self.reader)
         .await?;
         Ok((row.try_get::<i64, _>("ec")? as u32, row.try_get::<i64, _>("kem")? as u32))
     }
@@ -593,7 +579,7 @@ impl PreKeyPool for Sqlite {
         const CLAIM: &str = "DELETE FROM one_time_keys WHERE rowid = (
                  SELECT rowid FROM one_time_keys WHERE aci = ? AND device_id = ? AND kind = ? ORDER BY key_id LIMIT 1)
              RETURNING key_id, public_key, signature";
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let ec = sqlx::query(CLAIM)
             .bind(aci_text(aci))
             .bind(i64::from(device.0))
@@ -632,7 +618,7 @@ impl PreKeyPool for Sqlite {
         sqlx::query("DELETE FROM one_time_keys WHERE aci = ? AND device_id = ?")
             .bind(aci_text(aci))
             .bind(i64::from(device.0))
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }

@@ -207,9 +207,6 @@ pub trait KeyStore: Send + Sync {
     ) -> StoreResult<()>;
     /// Devices of the account that have both a signed prekey and a last-resort key (all, or just `only`).
     async fn device_keys(&self, aci: Aci, only: Option<DeviceId>) -> StoreResult<Vec<DeviceKeys>>;
-    /// Devices that can receive messages (they have a signed prekey and a last-resort key), with their
-    /// registration ids, ordered by id.
-    async fn ready_devices(&self, aci: Aci) -> StoreResult<Vec<(DeviceId, RegistrationId)>>;
 }
 
 /// An envelope on its way into a device queue: already serialised, as it will be delivered.
@@ -317,6 +314,8 @@ pub enum BusMessage {
     Provisioning(String, Vec<u8>),
     /// Cached facts about this account changed: forget them.
     Invalidate(Aci),
+    /// Some events were lost on the way (the subscriber fell behind): every local socket re-reads its queue.
+    WakeAll,
 }
 
 /// Fan-out of [`BusEvent`]s to whichever instance holds a device's sockets, and of provisioning messages

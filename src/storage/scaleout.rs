@@ -368,27 +368,6 @@ impl KeyStore for Postgres {
         Ok(())
     }
 
-    async fn ready_devices(&self, aci: Aci) -> StoreResult<Vec<(DeviceId, RegistrationId)>> {
-        let rows = sqlx::query(
-            "SELECT d.device_id, d.registration_id FROM devices d
-             WHERE d.aci = $1
-               AND EXISTS (SELECT 1 FROM signed_keys e WHERE e.aci = d.aci AND e.device_id = d.device_id AND e.kind = 1)
-               AND EXISTS (SELECT 1 FROM signed_keys k WHERE k.aci = d.aci AND k.device_id = d.device_id AND k.kind = 2)
-             ORDER BY d.device_id",
-        )
-        .bind(aci.0)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|row| {
-                Ok((
-                    DeviceId(row.try_get::<i32, _>("device_id")? as u32),
-                    registration_id(row.try_get("registration_id")?)?,
-                ))
-            })
-            .collect()
-    }
-
     async fn device_keys(&self, aci: Aci, only: Option<DeviceId>) -> StoreResult<Vec<DeviceKeys>> {
         let rows = sqlx::query(
             "SELECT d.device_id, d.registration_id,
@@ -679,6 +658,9 @@ impl PreKeyPool for Redis {
     }
 }
 
+/// Pub/sub messages buffered between the Redis connection and the hub.
+const SUBSCRIBER_BUFFER: usize = 65_536;
+
 /// The bus channel of one device (the queue's push script publishes on it too).
 fn device_channel(prefix: &str, aci: Aci, device: DeviceId) -> String {
     format!("{prefix}dev:{aci}.{device}")
@@ -868,7 +850,10 @@ pub struct RedisBus {
 impl RedisBus {
     pub async fn connect(url: &str, prefix: &str, publisher: RedisPool, presence_ttl: Duration) -> StoreResult<Self> {
         use fred::prelude::EventInterface;
-        let subscriber = Builder::from_config(RedisConfig::from_url(url)?).build_subscriber_client()?;
+        let mut builder = Builder::from_config(RedisConfig::from_url(url)?);
+        // fred hands pub/sub messages over a broadcast channel; its default of 32 loses messages under load.
+        builder.with_performance_config(|performance| performance.broadcast_channel_capacity = SUBSCRIBER_BUFFER);
+        let subscriber = builder.build_subscriber_client()?;
         subscriber.init().await?;
         // Re-subscribe to every channel after a reconnect.
         // The returned handle only joins the background task; dropping it detaches the task.
@@ -918,7 +903,11 @@ impl RedisBus {
                         }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
-                        tracing::warn!(missed, "bus subscriber lagged; sockets re-check their queues on keepalive");
+                        // Lost wakes would strand envelopes until the next one: wake everyone instead.
+                        tracing::warn!(missed, "bus subscriber lagged; waking every local socket");
+                        if sender.send(BusMessage::WakeAll).is_err() {
+                            break;
+                        }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                 }
