@@ -1,0 +1,380 @@
+//! The client side: accounts with real keys over HTTP, the envelope body the senders PUT, and the
+//! WebSocket receivers that acknowledge every delivery and report it with its latency.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use futures_util::{SinkExt, StreamExt};
+use prost::Message as _;
+use sealpost::crypto::xeddsa::KeyPair;
+use sealpost::delivery::proto::{Envelope, WebSocketMessage, ws_type};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::stats::now_ns;
+
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A registered device as the load generator holds it.
+#[derive(Clone)]
+pub struct Account {
+    pub aci: String,
+    pub token: String,
+    pub registration_id: u16,
+    pub identity: KeyPair,
+}
+
+async fn expect(response: reqwest::Response, status: u16, what: &str) -> Result<Vec<u8>, String> {
+    let got = response.status().as_u16();
+    let body = response.bytes().await.map_err(|e| format!("{what}: {e}"))?;
+    if got != status {
+        return Err(format!("{what}: status {got} (expected {status}): {}", String::from_utf8_lossy(&body)));
+    }
+    Ok(body.to_vec())
+}
+
+fn field(body: &[u8], name: &str, what: &str) -> Result<String, String> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| format!("{what}: {e}"))?;
+    value[name].as_str().map(str::to_owned).ok_or_else(|| format!("{what}: no {name} in {value}"))
+}
+
+/// `POST /v1/accounts` with a fresh identity key, then `POST /v1/auth/token`.
+pub async fn register(http: &reqwest::Client, base: &str) -> Result<Account, String> {
+    let identity = KeyPair::generate();
+    let secret: [u8; 32] = sealpost::crypto::random_bytes();
+    let registration_id = 1 + (u16::from_be_bytes(sealpost::crypto::random_bytes()) % 16380);
+    let body = json!({
+        "identityKey": B64.encode(identity.public_serialized()),
+        "registrationId": registration_id,
+        "deviceSecret": B64.encode(secret),
+    });
+    let response =
+        http.post(format!("{base}/v1/accounts")).json(&body).send().await.map_err(|e| format!("register: {e}"))?;
+    let aci = field(&expect(response, 201, "register").await?, "aci", "register")?;
+    let basic = B64.encode(format!("{aci}.1:{}", B64.encode(secret)));
+    let response = http
+        .post(format!("{base}/v1/auth/token"))
+        .header("authorization", format!("Basic {basic}"))
+        .send()
+        .await
+        .map_err(|e| format!("token: {e}"))?;
+    let token = field(&expect(response, 200, "token").await?, "token", "token")?;
+    Ok(Account { aci, token, registration_id, identity })
+}
+
+/// Registers `n` accounts, `concurrency` at a time.
+pub async fn register_many(
+    http: &reqwest::Client,
+    base: &str,
+    n: usize,
+    concurrency: usize,
+) -> Result<Vec<Account>, String> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..concurrency.min(n).max(1) {
+        let (http, base, next) = (http.clone(), base.to_owned(), next.clone());
+        workers.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < n {
+                mine.push(register(&http, &base).await?);
+            }
+            Ok::<_, String>(mine)
+        }));
+    }
+    let mut accounts = Vec::with_capacity(n);
+    for worker in workers {
+        accounts.extend(worker.await.map_err(|e| format!("register task: {e}"))??);
+    }
+    Ok(accounts)
+}
+
+fn signed_ec(identity: &KeyPair, key_id: u32) -> Value {
+    let key = KeyPair::generate().public_serialized();
+    json!({"keyId": key_id, "publicKey": B64.encode(key), "signature": B64.encode(identity.sign(&key))})
+}
+
+/// A Kyber-1024-shaped public key (type byte and 1568 random bytes) signed by `identity`: the server checks
+/// form and signature, not the lattice.
+fn signed_kem(identity: &KeyPair, key_id: u32) -> Value {
+    let mut key = vec![0x08u8];
+    key.extend_from_slice(&sealpost::crypto::random_bytes::<1568>());
+    json!({"keyId": key_id, "publicKey": B64.encode(&key), "signature": B64.encode(identity.sign(&key))})
+}
+
+/// Id of the last-resort Kyber key; one-time Kyber keys get ids from 1001 on.
+pub const LAST_RESORT_KEY_ID: u64 = 1;
+
+/// `PUT /v1/keys`: signed prekey, last-resort key and `one_time` one-time keys of each kind.
+pub async fn upload_keys(http: &reqwest::Client, base: &str, account: &Account, one_time: u32) -> Result<(), String> {
+    let identity = &account.identity;
+    let mut body = json!({
+        "signedPreKey": signed_ec(identity, 1),
+        "pqLastResortPreKey": signed_kem(identity, LAST_RESORT_KEY_ID as u32),
+    });
+    if one_time > 0 {
+        body["preKeys"] = (1..=one_time)
+            .map(|id| json!({"keyId": id, "publicKey": B64.encode(KeyPair::generate().public_serialized())}))
+            .collect();
+        body["pqPreKeys"] = (1..=one_time).map(|id| signed_kem(identity, 1000 + id)).collect();
+    }
+    let response = http
+        .put(format!("{base}/v1/keys"))
+        .bearer_auth(&account.token)
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| format!("key upload: {e}"))?;
+    expect(response, 204, "key upload").await.map(drop)
+}
+
+/// Opens a WebSocket (Nagle off on our side; small buffers so thousands of idle sockets stay cheap here).
+pub async fn connect(url: &str, bearer: Option<&str>) -> Result<Ws, String> {
+    let mut request = url.into_client_request().map_err(|e| format!("websocket request: {e}"))?;
+    if let Some(token) = bearer {
+        let value = format!("Bearer {token}").parse().map_err(|_| "token is not a header value".to_string())?;
+        request.headers_mut().insert("authorization", value);
+    }
+    let config = WebSocketConfig::default().read_buffer_size(8 * 1024).write_buffer_size(0);
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), true)
+        .await
+        .map_err(|e| format!("websocket {url}: {e}"))?;
+    Ok(ws)
+}
+
+fn response_frame(id: u64, status: u32) -> Message {
+    Message::Binary(WebSocketMessage::response(id, status, "OK").encode_to_vec().into())
+}
+
+/// Reads until the server's `PUT /api/v1/queue/empty` and acknowledges it: the socket is then registered
+/// and its (empty) backlog drained.
+pub async fn await_queue_empty(ws: &mut Ws, wait: Duration) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let frame = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .map_err(|_| "no queue/empty from the server in time".to_string())?;
+        match frame {
+            Some(Ok(Message::Binary(bytes))) => {
+                let message = WebSocketMessage::decode(bytes.as_ref()).map_err(|e| format!("bad frame: {e}"))?;
+                let Some(request) = message.request else { continue };
+                let id = request.id.unwrap_or(0);
+                match request.path.as_deref() {
+                    Some("/api/v1/queue/empty") => {
+                        ws.send(response_frame(id, 200)).await.map_err(|e| format!("ack: {e}"))?;
+                        return Ok(());
+                    }
+                    other => return Err(format!("unexpected request {other:?} before queue/empty")),
+                }
+            }
+            Some(Ok(Message::Close(frame))) => return Err(format!("socket closed: {frame:?}")),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(format!("socket error: {e}")),
+            None => return Err("socket closed".into()),
+        }
+    }
+}
+
+// ---- the envelope content --------------------------------------------------------------------------
+
+/// Size of every envelope's content.
+pub const CONTENT_BYTES: usize = 512;
+const MAGIC: u32 = 0x5EA1_B0DE;
+const HEADER_BYTES: usize = 28;
+
+/// What a sender writes into the first bytes of a content, so that the receiver can check and time it.
+#[derive(Debug, Clone, Copy)]
+pub struct Stamp {
+    pub pair: u32,
+    pub phase: u32,
+    pub seq: u64,
+    pub sent_ns: u64,
+}
+
+fn filler() -> &'static [u8] {
+    static FILLER: OnceLock<Vec<u8>> = OnceLock::new();
+    FILLER.get_or_init(|| sealpost::crypto::random_bytes::<CONTENT_BYTES>().to_vec())
+}
+
+pub fn encode_content(stamp: &Stamp) -> Vec<u8> {
+    let mut out = Vec::with_capacity(CONTENT_BYTES);
+    out.extend_from_slice(&MAGIC.to_be_bytes());
+    out.extend_from_slice(&stamp.pair.to_be_bytes());
+    out.extend_from_slice(&stamp.phase.to_be_bytes());
+    out.extend_from_slice(&stamp.seq.to_be_bytes());
+    out.extend_from_slice(&stamp.sent_ns.to_be_bytes());
+    out.extend_from_slice(&filler()[HEADER_BYTES..]);
+    out
+}
+
+pub fn decode_content(bytes: &[u8]) -> Option<Stamp> {
+    if bytes.len() != CONTENT_BYTES || bytes[..4] != MAGIC.to_be_bytes() {
+        return None;
+    }
+    let u32_at = |i: usize| u32::from_be_bytes(bytes[i..i + 4].try_into().expect("4 bytes"));
+    let u64_at = |i: usize| u64::from_be_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
+    Some(Stamp { pair: u32_at(4), phase: u32_at(8), seq: u64_at(12), sent_ns: u64_at(20) })
+}
+
+/// The JSON of `PUT /v1/messages/{aci}`: one type-1 envelope for device 1.
+pub fn send_body(stamp: &Stamp, registration_id: u16) -> String {
+    let content = B64.encode(encode_content(stamp));
+    format!(
+        r#"{{"messages":[{{"type":1,"destinationDeviceId":1,"destinationRegistrationId":{registration_id},"content":"{content}"}}],"timestamp":{}}}"#,
+        stamp.seq + 1
+    )
+}
+
+/// The content of a send body as the relay floor forwards it verbatim.
+fn content_of_body(body: &[u8]) -> Option<Vec<u8>> {
+    const KEY: &[u8] = br#""content":""#;
+    let start = body.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let len = body[start..].iter().position(|&b| b == b'"')?;
+    B64.decode(&body[start..start + len]).ok()
+}
+
+// ---- receivers ---------------------------------------------------------------------------------------
+
+/// What a receiver's frames carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// sealpost: the request body is an `Envelope`.
+    Sealpost,
+    /// The relay floor: the request body is the sender's JSON, forwarded as it came.
+    Floor,
+}
+
+/// One envelope received (and acknowledged) on a socket.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery {
+    pub phase: u32,
+    pub seq: u64,
+    pub latency_ns: u64,
+    /// The stamp named another pair: a misdelivery.
+    pub wrong_pair: bool,
+}
+
+/// Things that go wrong on a receiver, for the loss check.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// The socket ended while we still wanted it.
+    pub closed: AtomicBool,
+    pub close_reason: Mutex<Option<String>>,
+    /// Frames we could not read or contents that were not ours.
+    pub bad_frames: AtomicU64,
+    pub queue_empty: AtomicU64,
+}
+
+impl Health {
+    pub fn problem(&self) -> Option<String> {
+        if self.closed.load(Ordering::Relaxed) {
+            let reason = self.close_reason.lock().ok().and_then(|r| r.clone()).unwrap_or_default();
+            return Some(format!("socket closed by the server: {reason}"));
+        }
+        let bad = self.bad_frames.load(Ordering::Relaxed);
+        (bad > 0).then(|| format!("{bad} unreadable frames"))
+    }
+}
+
+/// Reads the socket until `stop`: acknowledges each envelope with a 200 RESPONSE (and `queue/empty` too) and
+/// reports it, with its latency from the sender's stamp to its arrival here.
+pub fn spawn_receiver(
+    ws: Ws,
+    framing: Framing,
+    pair: u32,
+    deliveries: mpsc::UnboundedSender<Delivery>,
+    health: Arc<Health>,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let (mut sink, mut stream) = ws.split();
+        let ended = |reason: String| {
+            health.closed.store(true, Ordering::Relaxed);
+            if let Ok(mut slot) = health.close_reason.lock() {
+                *slot = Some(reason);
+            }
+        };
+        loop {
+            tokio::select! {
+                frame = stream.next() => match frame {
+                    Some(Ok(Message::Binary(bytes))) => {
+                        let arrived = now_ns();
+                        let Ok(message) = WebSocketMessage::decode(bytes.as_ref()) else {
+                            health.bad_frames.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        };
+                        if message.r#type != Some(ws_type::REQUEST) {
+                            continue;
+                        }
+                        let Some(request) = message.request else { continue };
+                        let id = request.id.unwrap_or(0);
+                        let stamp = match request.path.as_deref() {
+                            Some("/api/v1/message") => {
+                                let body = request.body.unwrap_or_default();
+                                let content = match framing {
+                                    Framing::Sealpost => Envelope::decode(body.as_slice()).ok().and_then(|e| e.content),
+                                    Framing::Floor => content_of_body(&body),
+                                };
+                                Some(content.as_deref().and_then(decode_content))
+                            }
+                            Some("/api/v1/queue/empty") => {
+                                health.queue_empty.fetch_add(1, Ordering::Relaxed);
+                                None
+                            }
+                            _ => {
+                                health.bad_frames.fetch_add(1, Ordering::Relaxed);
+                                None
+                            }
+                        };
+                        if let Err(err) = sink.send(response_frame(id, 200)).await {
+                            ended(format!("ack failed: {err}"));
+                            break;
+                        }
+                        match stamp {
+                            Some(Some(stamp)) => {
+                                let _ = deliveries.send(Delivery {
+                                    phase: stamp.phase,
+                                    seq: stamp.seq,
+                                    latency_ns: arrived.saturating_sub(stamp.sent_ns),
+                                    wrong_pair: stamp.pair != pair,
+                                });
+                            }
+                            Some(None) => {
+                                health.bad_frames.fetch_add(1, Ordering::Relaxed);
+                            }
+                            None => {}
+                        }
+                    }
+                    Some(Ok(Message::Close(frame))) => {
+                        if !*stop.borrow() {
+                            ended(format!("close frame {frame:?}"));
+                        }
+                        break;
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(err)) => {
+                        if !*stop.borrow() {
+                            ended(format!("socket error {err}"));
+                        }
+                        break;
+                    }
+                    None => {
+                        if !*stop.borrow() {
+                            ended("socket ended".into());
+                        }
+                        break;
+                    }
+                },
+                _ = stop.changed() => {
+                    let _ = tokio::time::timeout(Duration::from_secs(2), sink.send(Message::Close(None))).await;
+                    break;
+                }
+            }
+        }
+    })
+}
