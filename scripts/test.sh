@@ -126,6 +126,10 @@ SEALPOST_TEST_REDIS_URL="redis-cluster://127.0.0.1:${cluster_ports[0]}?node=127.
 log "real-client tests (official libsignal under Node) on both backends"
 SEALPOST_BIN="$PWD/target/debug/sealpost" npm --prefix tests/client test
 
+log "load tool smoke run (every figure produced, nothing lost) on both backends"
+SEALPOST_BIN="$PWD/target/debug/sealpost" cargo run --quiet --example load -- --smoke --backend both \
+    --json "$SCRATCH/bench-smoke.json"
+
 # The Node tests leave their own schemas behind; drop them so the test database does not grow.
 psql "$DB_URL" -Atqc "SELECT 'DROP SCHEMA \"' || nspname || '\" CASCADE;' FROM pg_namespace WHERE nspname LIKE 'node\_%'" |
     psql "$DB_URL" -q >/dev/null 2>&1 || true

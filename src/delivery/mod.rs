@@ -33,6 +33,7 @@ pub struct Hub {
     bus: Arc<dyn Bus>,
     /// Serialises subscribe/unsubscribe so a quick reconnect can never end unsubscribed.
     subscriptions: tokio::sync::Mutex<()>,
+    last_connection_id: std::sync::atomic::AtomicU64,
 }
 
 /// A socket's place in the hub.
@@ -49,6 +50,7 @@ impl Hub {
             provisioning: Mutex::default(),
             bus: bus.clone(),
             subscriptions: Default::default(),
+            last_connection_id: Default::default(),
         });
         if let Some(mut events) = bus.events() {
             let weak = Arc::downgrade(&hub);
@@ -67,6 +69,22 @@ impl Hub {
         hub
     }
 
+    /// Ids grow with time (milliseconds, then 16 random bits) and strictly within this instance, so a
+    /// displacement notice that arrives late can tell which socket is newer and never closes the socket
+    /// that replaced its sender.
+    fn next_connection_id(&self) -> u64 {
+        use std::sync::atomic::Ordering;
+        let candidate = ((crate::domain::now_millis() as u64) << 16) | u64::from(rand::random::<u16>());
+        let mut previous = self.last_connection_id.load(Ordering::Relaxed);
+        loop {
+            let id = candidate.max(previous + 1);
+            match self.last_connection_id.compare_exchange_weak(previous, id, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return id,
+                Err(actual) => previous = actual,
+            }
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Sockets> {
         self.sockets.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -74,9 +92,7 @@ impl Hub {
     /// Registers a socket for the device, subscribes this instance to it and tells every other socket of
     /// the device (on any instance) to close.
     pub async fn register(&self, aci: Aci, device: DeviceId) -> StoreResult<Registration> {
-        // Ids grow with time (milliseconds, then 16 random bits), so a displacement notice that arrives late
-        // can tell which socket is newer and never closes the socket that replaced its sender.
-        let connection_id = ((crate::domain::now_millis() as u64) << 16) | u64::from(rand::random::<u16>());
+        let connection_id = self.next_connection_id();
         let (sender, events) = mpsc::channel(SOCKET_EVENT_BUFFER);
         {
             let _guard = self.subscriptions.lock().await;

@@ -55,7 +55,9 @@ pub async fn connect(config: &Config, database_url: &str) -> StoreResult<Storage
         .max_connections(config.database_max_connections.max(1))
         .connect_with(options(database_url)?.read_only(true))
         .await?;
-    let db = Arc::new(Sqlite { reader, writer });
+    let (batches, queued) = tokio::sync::mpsc::channel(BATCH_QUEUE);
+    tokio::spawn(run_batches(writer.clone(), queued));
+    let db = Arc::new(Sqlite { reader, writer, batches });
     Ok(Storage {
         accounts: db.clone(),
         keys: db.clone(),
@@ -77,6 +79,9 @@ pub async fn connect(config: &Config, database_url: &str) -> StoreResult<Storage
 pub struct Sqlite {
     reader: SqlitePool,
     writer: SqlitePool,
+    /// The per-message writes (queue pushes and acknowledgements, prekey claims) go to a task that commits
+    /// whatever has accumulated in one transaction: under load one commit serves many messages.
+    batches: tokio::sync::mpsc::Sender<WriteOp>,
 }
 
 fn aci_text(aci: Aci) -> String {
@@ -431,33 +436,8 @@ impl MessageQueue for Sqlite {
         items: &[(DeviceId, NewEnvelope)],
         max_len: u32,
     ) -> StoreResult<Result<Pushed, QueueFull>> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let now = crate::domain::now_millis();
-        for (device, _) in items {
-            // Expired envelopes are invisible and do not count against the limit.
-            let queued: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM messages WHERE aci = ? AND device_id = ? AND expires_at > ?")
-                    .bind(aci_text(aci))
-                    .bind(i64::from(device.0))
-                    .bind(now)
-                    .fetch_one(&mut *tx)
-                    .await?;
-            if queued >= i64::from(max_len) {
-                return Ok(Err(QueueFull(*device)));
-            }
-        }
-        for (device, item) in items {
-            sqlx::query("INSERT INTO messages (aci, device_id, guid, expires_at, envelope) VALUES (?, ?, ?, ?, ?)")
-                .bind(aci_text(aci))
-                .bind(i64::from(device.0))
-                .bind(&item.guid[..])
-                .bind(item.expires_at)
-                .bind(&item.envelope)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(Ok(Pushed { notified: false }))
+        let op = |reply| WriteOp::Push { aci, items: items.to_vec(), max_len, reply };
+        self.batched(op).await
     }
 
     async fn peek(
@@ -493,13 +473,7 @@ impl MessageQueue for Sqlite {
     }
 
     async fn ack(&self, aci: Aci, device: DeviceId, guid: [u8; 16]) -> StoreResult<bool> {
-        let done = sqlx::query("DELETE FROM messages WHERE guid = ? AND aci = ? AND device_id = ?")
-            .bind(&guid[..])
-            .bind(aci_text(aci))
-            .bind(i64::from(device.0))
-            .execute(&self.writer)
-            .await?;
-        Ok(done.rows_affected() == 1)
+        self.batched(|reply| WriteOp::Ack { aci, device, guid, reply }).await
     }
 
     async fn remove_device(&self, aci: Aci, device: DeviceId) -> StoreResult<()> {
@@ -574,44 +548,7 @@ impl PreKeyPool for Sqlite {
     }
 
     async fn claim(&self, aci: Aci, device: DeviceId) -> StoreResult<(Option<EcOneTimeKey>, Option<SignedKemKey>)> {
-        // One DELETE … RETURNING per kind: SQLite runs a statement under its single write lock, so the row
-        // a caller deletes is the row it receives and nobody else can.
-        const CLAIM: &str = "DELETE FROM one_time_keys WHERE rowid = (
-                 SELECT rowid FROM one_time_keys WHERE aci = ? AND device_id = ? AND kind = ? ORDER BY key_id LIMIT 1)
-             RETURNING key_id, public_key, signature";
-        let mut tx = self.writer.begin().await?;
-        let ec = sqlx::query(CLAIM)
-            .bind(aci_text(aci))
-            .bind(i64::from(device.0))
-            .bind(KIND_EC)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let kem = sqlx::query(CLAIM)
-            .bind(aci_text(aci))
-            .bind(i64::from(device.0))
-            .bind(KIND_KEM)
-            .fetch_optional(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        let ec = ec
-            .map(|row| {
-                Ok::<_, StoreError>(EcOneTimeKey {
-                    key_id: row.try_get::<i64, _>("key_id")? as u32,
-                    public_key: ec_key(&row.try_get::<Vec<u8>, _>("public_key")?)?,
-                })
-            })
-            .transpose()?;
-        let kem = kem
-            .map(|row| {
-                let sig: Option<Vec<u8>> = row.try_get("signature")?;
-                Ok::<_, StoreError>(SignedKemKey {
-                    key_id: row.try_get::<i64, _>("key_id")? as u32,
-                    public_key: kem_key(row.try_get("public_key")?)?,
-                    signature: signature(&sig.ok_or(StoreError::Corrupt("kem signature"))?)?,
-                })
-            })
-            .transpose()?;
-        Ok((ec, kem))
+        self.batched(|reply| WriteOp::Claim { aci, device, reply }).await
     }
 
     async fn remove_device(&self, aci: Aci, device: DeviceId) -> StoreResult<()> {
@@ -746,4 +683,178 @@ impl Bus for LocalBus {
     fn events(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<BusMessage>> {
         self.receiver.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
+}
+
+/// Ops waiting for the batch writer before senders have to wait for room.
+const BATCH_QUEUE: usize = 4096;
+/// Ops committed together at most.
+const MAX_BATCH: usize = 256;
+
+type Reply<T> = tokio::sync::oneshot::Sender<StoreResult<T>>;
+
+/// One per-message write for the batch writer, with where to send its result.
+enum WriteOp {
+    Push { aci: Aci, items: Vec<(DeviceId, NewEnvelope)>, max_len: u32, reply: Reply<Result<Pushed, QueueFull>> },
+    Ack { aci: Aci, device: DeviceId, guid: [u8; 16], reply: Reply<bool> },
+    Claim { aci: Aci, device: DeviceId, reply: Reply<(Option<EcOneTimeKey>, Option<SignedKemKey>)> },
+}
+
+/// The result of one op inside a transaction that is not committed yet.
+enum Applied {
+    Push(Result<Pushed, QueueFull>),
+    Ack(bool),
+    Claim((Option<EcOneTimeKey>, Option<SignedKemKey>)),
+}
+
+impl Sqlite {
+    async fn batched<T>(&self, op: impl FnOnce(Reply<T>) -> WriteOp) -> StoreResult<T> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.batches.send(op(reply)).await.map_err(|_| StoreError::Failed("the batch writer stopped".into()))?;
+        answer.await.map_err(|_| StoreError::Failed("the batch writer stopped".into()))?
+    }
+}
+
+/// Takes whatever ops are waiting (at least one, at most [`MAX_BATCH`]) and commits them in one
+/// transaction. Results are released only after the commit, so a push is answered only once it is durable.
+/// If the batch fails as a whole, each op is retried alone, so one bad op cannot fail its neighbours.
+async fn run_batches(pool: SqlitePool, mut queued: tokio::sync::mpsc::Receiver<WriteOp>) {
+    while let Some(first) = queued.recv().await {
+        let mut ops = vec![first];
+        while ops.len() < MAX_BATCH {
+            match queued.try_recv() {
+                Ok(op) => ops.push(op),
+                Err(_) => break,
+            }
+        }
+        metrics::histogram!("sealpost_sqlite_batch_size").record(ops.len() as f64);
+        match apply_batch(&pool, &ops).await {
+            Ok(results) => {
+                for (op, result) in ops.into_iter().zip(results) {
+                    answer(op, Ok(result));
+                }
+            }
+            Err(_) if ops.len() > 1 => {
+                for op in ops {
+                    let result = apply_batch(&pool, std::slice::from_ref(&op)).await.map(|mut r| r.remove(0));
+                    answer(op, result);
+                }
+            }
+            Err(err) => {
+                for op in ops {
+                    answer(op, Err(StoreError::Failed(err.to_string())));
+                }
+            }
+        }
+    }
+}
+
+fn answer(op: WriteOp, result: StoreResult<Applied>) {
+    // A caller that went away (request cancelled) just does not hear the answer.
+    match (op, result) {
+        (WriteOp::Push { reply, .. }, Ok(Applied::Push(r))) => drop(reply.send(Ok(r))),
+        (WriteOp::Ack { reply, .. }, Ok(Applied::Ack(r))) => drop(reply.send(Ok(r))),
+        (WriteOp::Claim { reply, .. }, Ok(Applied::Claim(r))) => drop(reply.send(Ok(r))),
+        (WriteOp::Push { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
+        (WriteOp::Ack { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
+        (WriteOp::Claim { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
+        (op, Ok(_)) => answer(op, Err(StoreError::Corrupt("batch result of the wrong kind"))),
+    }
+}
+
+async fn apply_batch(pool: &SqlitePool, ops: &[WriteOp]) -> StoreResult<Vec<Applied>> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let mut results = Vec::with_capacity(ops.len());
+    for op in ops {
+        results.push(match op {
+            WriteOp::Push { aci, items, max_len, .. } => Applied::Push(push_in(&mut tx, *aci, items, *max_len).await?),
+            WriteOp::Ack { aci, device, guid, .. } => {
+                let done = sqlx::query("DELETE FROM messages WHERE guid = ? AND aci = ? AND device_id = ?")
+                    .bind(&guid[..])
+                    .bind(aci_text(*aci))
+                    .bind(i64::from(device.0))
+                    .execute(&mut *tx)
+                    .await?;
+                Applied::Ack(done.rows_affected() == 1)
+            }
+            WriteOp::Claim { aci, device, .. } => Applied::Claim(claim_in(&mut tx, *aci, *device).await?),
+        });
+    }
+    tx.commit().await?;
+    Ok(results)
+}
+
+async fn push_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    aci: Aci,
+    items: &[(DeviceId, NewEnvelope)],
+    max_len: u32,
+) -> StoreResult<Result<Pushed, QueueFull>> {
+    let now = crate::domain::now_millis();
+    for (device, _) in items {
+        // Expired envelopes are invisible and do not count against the limit.
+        let queued: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM messages WHERE aci = ? AND device_id = ? AND expires_at > ?")
+                .bind(aci_text(aci))
+                .bind(i64::from(device.0))
+                .bind(now)
+                .fetch_one(&mut **tx)
+                .await?;
+        if queued >= i64::from(max_len) {
+            return Ok(Err(QueueFull(*device)));
+        }
+    }
+    for (device, item) in items {
+        sqlx::query("INSERT INTO messages (aci, device_id, guid, expires_at, envelope) VALUES (?, ?, ?, ?, ?)")
+            .bind(aci_text(aci))
+            .bind(i64::from(device.0))
+            .bind(&item.guid[..])
+            .bind(item.expires_at)
+            .bind(&item.envelope)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(Ok(Pushed { notified: false }))
+}
+
+async fn claim_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    aci: Aci,
+    device: DeviceId,
+) -> StoreResult<(Option<EcOneTimeKey>, Option<SignedKemKey>)> {
+    // One DELETE … RETURNING per kind, inside the writer's transaction: the row a caller deletes is the
+    // row it receives, and nobody else can.
+    const CLAIM: &str = "DELETE FROM one_time_keys WHERE rowid = (
+             SELECT rowid FROM one_time_keys WHERE aci = ? AND device_id = ? AND kind = ? ORDER BY key_id LIMIT 1)
+         RETURNING key_id, public_key, signature";
+    let ec = sqlx::query(CLAIM)
+        .bind(aci_text(aci))
+        .bind(i64::from(device.0))
+        .bind(KIND_EC)
+        .fetch_optional(&mut **tx)
+        .await?;
+    let kem = sqlx::query(CLAIM)
+        .bind(aci_text(aci))
+        .bind(i64::from(device.0))
+        .bind(KIND_KEM)
+        .fetch_optional(&mut **tx)
+        .await?;
+    let ec = ec
+        .map(|row| {
+            Ok::<_, StoreError>(EcOneTimeKey {
+                key_id: row.try_get::<i64, _>("key_id")? as u32,
+                public_key: ec_key(&row.try_get::<Vec<u8>, _>("public_key")?)?,
+            })
+        })
+        .transpose()?;
+    let kem = kem
+        .map(|row| {
+            let sig: Option<Vec<u8>> = row.try_get("signature")?;
+            Ok::<_, StoreError>(SignedKemKey {
+                key_id: row.try_get::<i64, _>("key_id")? as u32,
+                public_key: kem_key(row.try_get("public_key")?)?,
+                signature: signature(&sig.ok_or(StoreError::Corrupt("kem signature"))?)?,
+            })
+        })
+        .transpose()?;
+    Ok((ec, kem))
 }

@@ -31,6 +31,8 @@ pub enum StoreError {
     Migration(String),
     #[error("stored data is inconsistent: {0}")]
     Corrupt(&'static str),
+    #[error("write failed: {0}")]
+    Failed(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
