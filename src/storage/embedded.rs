@@ -50,12 +50,19 @@ pub async fn migrate_only(_config: &Config, database_url: &str) -> StoreResult<u
 
 pub async fn connect(config: &Config, database_url: &str) -> StoreResult<Storage> {
     migrate_only(config, database_url).await?;
-    let writer = SqlitePoolOptions::new().max_connections(1).connect_with(options(database_url)?).await?;
+    let (batches, queued) = tokio::sync::mpsc::channel(BATCH_QUEUE);
+    // The writer never checkpoints on commit (that would put an fsync of the database file in front of
+    // some unlucky message); a separate connection checkpoints in the background instead.
+    let writer = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options(database_url)?.pragma("wal_autocheckpoint", "0"))
+        .await?;
+    let checkpointer = sqlx::SqliteConnection::connect_with(&options(database_url)?).await?;
+    tokio::spawn(checkpoint_regularly(checkpointer, batches.downgrade()));
     let reader = SqlitePoolOptions::new()
         .max_connections(config.database_max_connections.max(1))
         .connect_with(options(database_url)?.read_only(true))
         .await?;
-    let (batches, queued) = tokio::sync::mpsc::channel(BATCH_QUEUE);
     tokio::spawn(run_batches(writer.clone(), queued));
     let db = Arc::new(Sqlite { reader, writer, batches });
     Ok(Storage {
@@ -857,4 +864,24 @@ async fn claim_in(
         })
         .transpose()?;
     Ok((ec, kem))
+}
+
+/// How often the background checkpoint copies the WAL into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+/// Keeps the WAL short with PASSIVE checkpoints, which wait for nobody and block no writer, so the fsync
+/// they need happens off every request's path.
+/// It stops once the store is gone (its batch channel has no sender left).
+async fn checkpoint_regularly(mut conn: sqlx::SqliteConnection, alive: tokio::sync::mpsc::WeakSender<WriteOp>) {
+    let mut ticker = tokio::time::interval(CHECKPOINT_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        if alive.upgrade().is_none() {
+            break;
+        }
+        if let Err(err) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&mut conn).await {
+            tracing::warn!(error = %err, "WAL checkpoint failed");
+        }
+    }
 }
