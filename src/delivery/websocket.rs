@@ -13,7 +13,7 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::get;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use prost::Message as _;
 use serde::Deserialize;
 use tokio::time::Instant;
@@ -32,6 +32,9 @@ const CLOSE_NORMAL: u16 = 1000;
 const CLOSE_GOING_AWAY: u16 = 1001;
 const CLOSE_UNSUPPORTED: u16 = 1003;
 const CLOSE_ERROR: u16 = 1011;
+
+/// Client frames handled in one go (their acknowledgements become one storage call).
+const MAX_FRAMES_AT_ONCE: usize = 256;
 
 /// Read buffer per socket: small, so that idle sockets stay cheap.
 const READ_BUFFER_BYTES: usize = 4096;
@@ -153,11 +156,36 @@ async fn deliver(
                 deadline = Instant::now() + idle;
                 match frame {
                     Some(Ok(Message::Binary(bytes))) => {
-                        let Ok(message) = WebSocketMessage::decode(bytes.as_ref()) else {
+                        // Take every frame that is already here, so their acknowledgements cost one
+                        // storage call together.
+                        let mut acks = Vec::new();
+                        let mut replies = 0;
+                        let mut frame = Some(bytes);
+                        let mut bad = false;
+                        while let Some(bytes) = frame.take() {
+                            let Ok(message) = WebSocketMessage::decode(bytes.as_ref()) else {
+                                bad = true;
+                                break;
+                            };
+                            if let Some(reply) = handle_client_message(&mut state, message, &mut acks) {
+                                sink.feed(reply).await?;
+                                replies += 1;
+                            }
+                            if acks.len() + replies < MAX_FRAMES_AT_ONCE
+                                && let Some(Some(Ok(Message::Binary(next)))) = stream.next().now_or_never()
+                            {
+                                frame = Some(next);
+                            }
+                        }
+                        if !acks.is_empty() {
+                            app.storage.queue.ack_many(device.aci, device.device, &acks).await?;
+                            metrics::counter!("sealpost_envelopes_acknowledged_total").increment(acks.len() as u64);
+                        }
+                        if replies > 0 {
+                            sink.flush().await?;
+                        }
+                        if bad {
                             break Ending::Close(CLOSE_UNSUPPORTED, "not a WebSocketMessage");
-                        };
-                        if let Some(reply) = handle_client_message(app, device, &mut state, message).await? {
-                            sink.send(reply).await?;
                         }
                     }
                     Some(Ok(Message::Text(_))) => break Ending::Close(CLOSE_UNSUPPORTED, "binary frames only"),
@@ -196,21 +224,17 @@ fn envelope_request(id: u64, envelope: Vec<u8>) -> Message {
 }
 
 /// Acknowledgements and the few requests a client may make on the socket.
-async fn handle_client_message(
-    app: &App,
-    device: AuthedDevice,
-    state: &mut Delivery,
-    message: WebSocketMessage,
-) -> Result<Option<Message>, SocketError> {
+/// Handles one client frame: an acknowledgement adds its guid to `acks` (deleted by the caller, together
+/// with the others that arrived at once); a request gets its reply.
+fn handle_client_message(state: &mut Delivery, message: WebSocketMessage, acks: &mut Vec<[u8; 16]>) -> Option<Message> {
     match (message.r#type, message.request, message.response) {
         (Some(ws_type::RESPONSE), _, Some(response)) => {
-            let Some(guid) = response.id.and_then(|id| state.in_flight.remove(&id)) else { return Ok(None) };
+            let guid = response.id.and_then(|id| state.in_flight.remove(&id))?;
             if (200..300).contains(&response.status.unwrap_or(0)) {
-                app.storage.queue.ack(device.aci, device.device, guid).await?;
-                metrics::counter!("sealpost_envelopes_acknowledged_total").increment(1);
+                acks.push(guid);
             }
             // Any other status leaves the envelope queued for the next connection.
-            Ok(None)
+            None
         }
         (Some(ws_type::REQUEST), Some(request), _) => {
             let id = request.id.unwrap_or(0);
@@ -222,9 +246,9 @@ async fn handle_client_message(
                 }
                 _ => WebSocketMessage::response(id, 404, "Not found"),
             };
-            Ok(Some(Message::Binary(reply.encode_to_vec().into())))
+            Some(Message::Binary(reply.encode_to_vec().into()))
         }
-        _ => Ok(None),
+        _ => None,
     }
 }
 

@@ -480,7 +480,12 @@ impl MessageQueue for Sqlite {
     }
 
     async fn ack(&self, aci: Aci, device: DeviceId, guid: [u8; 16]) -> StoreResult<bool> {
-        self.batched(|reply| WriteOp::Ack { aci, device, guid, reply }).await
+        Ok(self.ack_many(aci, device, &[guid]).await? == 1)
+    }
+
+    async fn ack_many(&self, aci: Aci, device: DeviceId, guids: &[[u8; 16]]) -> StoreResult<u64> {
+        let guids = guids.to_vec();
+        self.batched(|reply| WriteOp::Ack { aci, device, guids, reply }).await
     }
 
     async fn remove_device(&self, aci: Aci, device: DeviceId) -> StoreResult<()> {
@@ -702,14 +707,14 @@ type Reply<T> = tokio::sync::oneshot::Sender<StoreResult<T>>;
 /// One per-message write for the batch writer, with where to send its result.
 enum WriteOp {
     Push { aci: Aci, items: Vec<(DeviceId, NewEnvelope)>, max_len: u32, reply: Reply<Result<Pushed, QueueFull>> },
-    Ack { aci: Aci, device: DeviceId, guid: [u8; 16], reply: Reply<bool> },
+    Ack { aci: Aci, device: DeviceId, guids: Vec<[u8; 16]>, reply: Reply<u64> },
     Claim { aci: Aci, device: DeviceId, reply: Reply<(Option<EcOneTimeKey>, Option<SignedKemKey>)> },
 }
 
 /// The result of one op inside a transaction that is not committed yet.
 enum Applied {
     Push(Result<Pushed, QueueFull>),
-    Ack(bool),
+    Ack(u64),
     Claim((Option<EcOneTimeKey>, Option<SignedKemKey>)),
 }
 
@@ -774,14 +779,18 @@ async fn apply_batch(pool: &SqlitePool, ops: &[WriteOp]) -> StoreResult<Vec<Appl
     for op in ops {
         results.push(match op {
             WriteOp::Push { aci, items, max_len, .. } => Applied::Push(push_in(&mut tx, *aci, items, *max_len).await?),
-            WriteOp::Ack { aci, device, guid, .. } => {
-                let done = sqlx::query("DELETE FROM messages WHERE guid = ? AND aci = ? AND device_id = ?")
-                    .bind(&guid[..])
-                    .bind(aci_text(*aci))
-                    .bind(i64::from(device.0))
-                    .execute(&mut *tx)
-                    .await?;
-                Applied::Ack(done.rows_affected() == 1)
+            WriteOp::Ack { aci, device, guids, .. } => {
+                let mut deleted = 0;
+                for guid in guids {
+                    let done = sqlx::query("DELETE FROM messages WHERE guid = ? AND aci = ? AND device_id = ?")
+                        .bind(&guid[..])
+                        .bind(aci_text(*aci))
+                        .bind(i64::from(device.0))
+                        .execute(&mut *tx)
+                        .await?;
+                    deleted += done.rows_affected();
+                }
+                Applied::Ack(deleted)
             }
             WriteOp::Claim { aci, device, .. } => Applied::Claim(claim_in(&mut tx, *aci, *device).await?),
         });

@@ -265,6 +265,8 @@ pub trait MessageQueue: Send + Sync {
     ) -> StoreResult<Vec<QueuedEnvelope>>;
     /// Deletes one envelope; false when it was not there (already acknowledged, expired or never queued).
     async fn ack(&self, aci: Aci, device: DeviceId, guid: [u8; 16]) -> StoreResult<bool>;
+    /// Deletes several envelopes in one storage call; returns how many were there.
+    async fn ack_many(&self, aci: Aci, device: DeviceId, guids: &[[u8; 16]]) -> StoreResult<u64>;
     async fn remove_device(&self, aci: Aci, device: DeviceId) -> StoreResult<()>;
     /// Removes account-wide queue state once the account is gone (its devices are removed one by one).
     async fn remove_account(&self, _aci: Aci) -> StoreResult<()> {

@@ -521,12 +521,18 @@ const PEEK_LUA: &str = r#"
 return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf', 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
 "#;
 
+/// Deletes the envelopes whose guids are in ARGV; returns how many were there.
 const ACK_LUA: &str = r#"
-local seq = redis.call('HGET', KEYS[2], ARGV[1])
-if not seq then return 0 end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], seq, seq)
-redis.call('HDEL', KEYS[2], ARGV[1])
-return 1
+local deleted = 0
+for _, guid in ipairs(ARGV) do
+  local seq = redis.call('HGET', KEYS[2], guid)
+  if seq then
+    redis.call('ZREMRANGEBYSCORE', KEYS[1], seq, seq)
+    redis.call('HDEL', KEYS[2], guid)
+    deleted = deleted + 1
+  end
+end
+return deleted
 "#;
 
 impl Redis {
@@ -736,10 +742,14 @@ impl MessageQueue for Redis {
     }
 
     async fn ack(&self, aci: Aci, device: DeviceId, guid: [u8; 16]) -> StoreResult<bool> {
+        Ok(self.ack_many(aci, device, &[guid]).await? == 1)
+    }
+
+    async fn ack_many(&self, aci: Aci, device: DeviceId, guids: &[[u8; 16]]) -> StoreResult<u64> {
         let keys = self.queue_keys(aci, device).to_vec();
-        let removed: i64 =
-            self.ack.evalsha_with_reload(self.pool.next(), keys, vec![RedisValue::Bytes(guid.to_vec().into())]).await?;
-        Ok(removed == 1)
+        let args: Vec<RedisValue> = guids.iter().map(|g| RedisValue::Bytes(g.to_vec().into())).collect();
+        let removed: i64 = self.ack.evalsha_with_reload(self.pool.next(), keys, args).await?;
+        Ok(removed.max(0) as u64)
     }
 
     async fn remove_device(&self, aci: Aci, device: DeviceId) -> StoreResult<()> {
