@@ -8,6 +8,11 @@ use sealpost::config::{Config, Loaded};
 use sealpost::domain::Aci;
 use sealpost::storage::Storage;
 
+/// mimalloc instead of the system allocator: allocation was a sixth of the server's CPU per message
+/// under load (docs/benchmarks.md), and mimalloc's thread-local free lists cut that for small buffers.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "sealpost", version, about = "Relay server for end-to-end-encrypted messengers")]
 struct Cli {
