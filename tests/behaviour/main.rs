@@ -3,6 +3,7 @@
 mod harness;
 
 mod accounts;
+mod garbage;
 mod keys;
 mod linking;
 mod messages;
