@@ -20,6 +20,17 @@ impl Limiter {
         Limiter { store, key }
     }
 
+    /// The storage-level bucket for `identity`, for storage calls that take a token themselves.
+    pub fn bucket(&self, bucket: &'static str, identity: &[u8], limit: &RateLimit) -> crate::storage::RateBucket {
+        crate::storage::RateBucket { name: bucket, key: pseudonym(&self.key, bucket, identity), limit: *limit }
+    }
+
+    /// The answer for a request whose bucket was empty.
+    pub fn refused(bucket: &'static str, wait: std::time::Duration) -> ApiError {
+        metrics::counter!("sealpost_rate_limited_total", "bucket" => bucket).increment(1);
+        ApiError::RateLimited(wait)
+    }
+
     /// Takes one token from `bucket` for `identity`, or answers `rate_limited` with the wait.
     pub async fn check(&self, bucket: &'static str, identity: &[u8], limit: &RateLimit) -> Result<(), ApiError> {
         let key = pseudonym(&self.key, bucket, identity);

@@ -64,14 +64,15 @@ pub async fn connect(config: &Config, database_url: &str) -> StoreResult<Storage
         .connect_with(options(database_url)?.read_only(true))
         .await?;
     tokio::spawn(run_batches(writer.clone(), queued));
-    let db = Arc::new(Sqlite { reader, writer, batches });
+    let limits = Arc::new(MemoryLimits::default());
+    let db = Arc::new(Sqlite { reader, writer, batches, limits: limits.clone() });
     Ok(Storage {
         accounts: db.clone(),
         keys: db.clone(),
         pre_keys: db.clone(),
         queue: db.clone(),
         bus: Arc::new(LocalBus::new()),
-        limits: Arc::new(MemoryLimits::default()),
+        limits,
         probes: vec![db],
         kind: "embedded",
     })
@@ -86,6 +87,8 @@ pub async fn connect(config: &Config, database_url: &str) -> StoreResult<Storage
 pub struct Sqlite {
     reader: SqlitePool,
     writer: SqlitePool,
+    /// The in-process buckets, also used for [`MessageQueue::push_limited`].
+    limits: Arc<MemoryLimits>,
     /// The per-message writes (queue pushes and acknowledgements, prekey claims) go to a task that commits
     /// whatever has accumulated in one transaction: under load one commit serves many messages.
     batches: tokio::sync::mpsc::Sender<WriteOp>,
@@ -477,6 +480,22 @@ impl MessageQueue for Sqlite {
                 })
             })
             .collect()
+    }
+
+    async fn push_limited(
+        &self,
+        aci: Aci,
+        items: &[(DeviceId, NewEnvelope)],
+        max_len: u32,
+        bucket: &RateBucket,
+    ) -> StoreResult<PushOutcome> {
+        if let Err(wait) = self.limits.take(bucket.name, &bucket.key, &bucket.limit).await? {
+            return Ok(PushOutcome::Limited(wait));
+        }
+        Ok(match self.push(aci, items, max_len).await? {
+            Ok(pushed) => PushOutcome::Queued(pushed),
+            Err(full) => PushOutcome::Full(full),
+        })
     }
 
     async fn ack(&self, aci: Aci, device: DeviceId, guid: [u8; 16]) -> StoreResult<bool> {

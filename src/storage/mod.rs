@@ -238,6 +238,23 @@ pub struct Pushed {
     pub notified: bool,
 }
 
+/// A rate-limit bucket as storage sees it: a name, an opaque (pseudonymous) key and the limit.
+#[derive(Debug, Clone)]
+pub struct RateBucket {
+    pub name: &'static str,
+    pub key: [u8; 16],
+    pub limit: RateLimit,
+}
+
+/// What a rate-limited push did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PushOutcome {
+    Queued(Pushed),
+    Full(QueueFull),
+    /// The bucket was empty: nothing was queued; a token is due after this long.
+    Limited(Duration),
+}
+
 /// A queue that was full, so nothing was queued.
 #[derive(Debug, PartialEq, Eq)]
 pub struct QueueFull(pub DeviceId);
@@ -254,6 +271,15 @@ pub trait MessageQueue: Send + Sync {
         items: &[(DeviceId, NewEnvelope)],
         max_len: u32,
     ) -> StoreResult<Result<Pushed, QueueFull>>;
+    /// Takes one token from `bucket`, then pushes as [`MessageQueue::push`] does; on an empty bucket
+    /// nothing is queued. One step, so a send costs one storage round trip.
+    async fn push_limited(
+        &self,
+        aci: Aci,
+        items: &[(DeviceId, NewEnvelope)],
+        max_len: u32,
+        bucket: &RateBucket,
+    ) -> StoreResult<PushOutcome>;
     /// Up to `limit` unexpired envelopes with `seq > after`, oldest first.
     async fn peek(
         &self,

@@ -454,35 +454,48 @@ return {redis.call('LLEN', KEYS[1]), redis.call('LLEN', KEYS[2])}
 
 /// Token bucket: ARGV = capacity, refill per millisecond, expiry in ms. Returns 0 when a token was taken,
 /// else the milliseconds until one will be available. Uses the Redis clock so instances need not agree.
+const TOKEN_BUCKET_LUA: &str = r#"
+local function take_token(key, cap, rate, ttl)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  cap = tonumber(cap)
+  rate = tonumber(rate)
+  local state = redis.call('HMGET', key, 't', 'at')
+  local tokens = tonumber(state[1]) or cap
+  local at = tonumber(state[2]) or now
+  tokens = math.min(cap, tokens + math.max(0, now - at) * rate)
+  local wait = 0
+  if tokens >= 1 then tokens = tokens - 1 else wait = math.ceil((1 - tokens) / rate) end
+  redis.call('HSET', key, 't', tostring(tokens), 'at', tostring(now))
+  redis.call('PEXPIRE', key, ttl)
+  return wait
+end
+"#;
+
 const TAKE_TOKEN_LUA: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local cap = tonumber(ARGV[1])
-local rate = tonumber(ARGV[2])
-local state = redis.call('HMGET', KEYS[1], 't', 'at')
-local tokens = tonumber(state[1]) or cap
-local at = tonumber(state[2]) or now
-tokens = math.min(cap, tokens + math.max(0, now - at) * rate)
-local wait = 0
-if tokens >= 1 then tokens = tokens - 1 else wait = math.ceil((1 - tokens) / rate) end
-redis.call('HSET', KEYS[1], 't', tostring(tokens), 'at', tostring(now))
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return wait
+return take_token(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
 "#;
 
 /// Queues: per account a sequence counter, per device a sorted set (score = seq, member = expiry ‖ guid ‖
 /// envelope) and a hash guid → seq for acknowledgements. All keys of an account share the hash tag
-/// `{aci}`, so one script call queues for every device of the recipient atomically, and the same call
-/// publishes the wake-up on each device's bus channel (one round trip per send).
+/// `{aci}`, so one script call takes the sender's rate-limit token (its bucket carries the same tag),
+/// queues for every device of the recipient atomically, and publishes the wake-up on each device's bus
+/// channel: one round trip per send.
 ///
-/// KEYS: counter, then (zset, index) per device. ARGV: max length, queue ttl ms, counter ttl ms, then
-/// (member, guid, channel) per device. Returns 0, or -i when the i-th device's queue is full (nothing queued).
-/// A queue at its limit is first purged of expired envelopes (members start with their big-endian expiry),
-/// so expired envelopes never make a sender see `queue_full`.
+/// KEYS: counter, rate bucket (ignored when ARGV[4] is empty), then (zset, index) per device.
+/// ARGV: max length, queue ttl ms, counter ttl ms, bucket capacity (or ''), refill per ms, bucket ttl ms,
+/// then (member, guid, channel) per device, then the wake-up payload.
+/// Returns {0, 0} when queued, {1, wait ms} when rate limited, {2, i} when the i-th device's queue is full
+/// (nothing queued). A queue at its limit is first purged of expired envelopes (members start with their
+/// big-endian expiry), so expired envelopes never make a sender see `queue_full`.
 const PUSH_LUA: &str = r#"
 local max = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
-local n = (#KEYS - 1) / 2
+local n = (#KEYS - 2) / 2
+if ARGV[4] ~= '' then
+  local wait = take_token(KEYS[2], ARGV[4], ARGV[5], ARGV[6])
+  if wait > 0 then return {1, wait} end
+end
 local function purge_expired(zkey, ikey)
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -496,25 +509,25 @@ local function purge_expired(zkey, ikey)
   end
 end
 for i = 1, n do
-  if redis.call('ZCARD', KEYS[2 * i]) >= max then
-    purge_expired(KEYS[2 * i], KEYS[2 * i + 1])
-    if redis.call('ZCARD', KEYS[2 * i]) >= max then return -i end
+  if redis.call('ZCARD', KEYS[1 + 2 * i]) >= max then
+    purge_expired(KEYS[1 + 2 * i], KEYS[2 + 2 * i])
+    if redis.call('ZCARD', KEYS[1 + 2 * i]) >= max then return {2, i} end
   end
 end
 for i = 1, n do
   local seq = redis.call('INCR', KEYS[1])
-  redis.call('ZADD', KEYS[2 * i], seq, ARGV[1 + 3 * i])
-  redis.call('HSET', KEYS[2 * i + 1], ARGV[2 + 3 * i], seq)
-  if redis.call('PTTL', KEYS[2 * i]) < ttl then
-    redis.call('PEXPIRE', KEYS[2 * i], ttl)
-    redis.call('PEXPIRE', KEYS[2 * i + 1], ttl)
+  redis.call('ZADD', KEYS[1 + 2 * i], seq, ARGV[4 + 3 * i])
+  redis.call('HSET', KEYS[2 + 2 * i], ARGV[5 + 3 * i], seq)
+  if redis.call('PTTL', KEYS[1 + 2 * i]) < ttl then
+    redis.call('PEXPIRE', KEYS[1 + 2 * i], ttl)
+    redis.call('PEXPIRE', KEYS[2 + 2 * i], ttl)
   end
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 for i = 1, n do
-  redis.call('PUBLISH', ARGV[3 + 3 * i], ARGV[4 + 3 * n])
+  redis.call('PUBLISH', ARGV[6 + 3 * i], ARGV[7 + 3 * n])
 end
-return 0
+return {0, 0}
 "#;
 
 const PEEK_LUA: &str = r#"
@@ -559,8 +572,8 @@ impl Redis {
             claim: Script::from_lua(CLAIM_LUA),
             replace: Script::from_lua(REPLACE_LUA),
             counts: Script::from_lua(COUNTS_LUA),
-            take_token: Script::from_lua(TAKE_TOKEN_LUA),
-            push: Script::from_lua(PUSH_LUA),
+            take_token: Script::from_lua(format!("{TOKEN_BUCKET_LUA}{TAKE_TOKEN_LUA}")),
+            push: Script::from_lua(format!("{TOKEN_BUCKET_LUA}{PUSH_LUA}")),
             peek: Script::from_lua(PEEK_LUA),
             ack: Script::from_lua(ACK_LUA),
         })
@@ -664,6 +677,17 @@ impl PreKeyPool for Redis {
     }
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Capacity, refill per millisecond and expiry of a token bucket, as the scripts take them.
+fn bucket_args(limit: &RateLimit) -> (String, String, String) {
+    let per_ms = limit.refill_per_second() / 1000.0;
+    let ttl_ms = limit.period.as_millis().max(1000);
+    (limit.burst.to_string(), format!("{per_ms:.12}"), ttl_ms.to_string())
+}
+
 /// Pub/sub messages buffered between the Redis connection and the hub.
 const SUBSCRIBER_BUFFER: usize = 65_536;
 
@@ -684,28 +708,21 @@ impl MessageQueue for Redis {
         items: &[(DeviceId, NewEnvelope)],
         max_len: u32,
     ) -> StoreResult<Result<Pushed, QueueFull>> {
-        let now = crate::domain::now_millis();
-        let ttl = items.iter().map(|(_, e)| e.expires_at - now).max().unwrap_or(1).max(1);
-        let mut keys = vec![self.queue_counter(aci)];
-        let mut args: Vec<RedisValue> = vec![i64::from(max_len).into(), ttl.into(), COUNTER_TTL_MS.into()];
-        for (device, item) in items {
-            keys.extend(self.queue_keys(aci, *device));
-            let mut member = Vec::with_capacity(24 + item.envelope.len());
-            member.extend_from_slice(&item.expires_at.to_be_bytes());
-            member.extend_from_slice(&item.guid);
-            member.extend_from_slice(&item.envelope);
-            args.push(RedisValue::Bytes(member.into()));
-            args.push(RedisValue::Bytes(item.guid.to_vec().into()));
-            args.push(device_channel(&self.prefix, aci, *device).into());
+        match self.push_script(aci, items, max_len, None).await? {
+            PushOutcome::Queued(pushed) => Ok(Ok(pushed)),
+            PushOutcome::Full(full) => Ok(Err(full)),
+            PushOutcome::Limited(_) => Err(StoreError::Corrupt("push without a bucket was rate limited")),
         }
-        args.push(RedisValue::Bytes(BusEvent::Wake.encode().into()));
-        let result: i64 = self.push.evalsha_with_reload(self.pool.next(), keys, args).await?;
-        if result < 0 {
-            let index = (-result - 1) as usize;
-            let device = items.get(index).map(|(d, _)| *d).ok_or(StoreError::Corrupt("push reply"))?;
-            return Ok(Err(QueueFull(device)));
-        }
-        Ok(Ok(Pushed { notified: true }))
+    }
+
+    async fn push_limited(
+        &self,
+        aci: Aci,
+        items: &[(DeviceId, NewEnvelope)],
+        max_len: u32,
+        bucket: &RateBucket,
+    ) -> StoreResult<PushOutcome> {
+        self.push_script(aci, items, max_len, Some(bucket)).await
     }
 
     async fn peek(
@@ -770,6 +787,52 @@ impl MessageQueue for Redis {
 }
 
 impl Redis {
+    async fn push_script(
+        &self,
+        aci: Aci,
+        items: &[(DeviceId, NewEnvelope)],
+        max_len: u32,
+        bucket: Option<&RateBucket>,
+    ) -> StoreResult<PushOutcome> {
+        let now = crate::domain::now_millis();
+        let ttl = items.iter().map(|(_, e)| e.expires_at - now).max().unwrap_or(1).max(1);
+        // The bucket carries the recipient's hash tag so the script's keys stay in one cluster slot.
+        let rate_key = match bucket {
+            Some(bucket) => format!("{}rl:{}:{{{aci}}}:{}", self.prefix, bucket.name, hex(&bucket.key)),
+            None => self.queue_counter(aci),
+        };
+        let mut keys = vec![self.queue_counter(aci), rate_key];
+        let mut args: Vec<RedisValue> = vec![i64::from(max_len).into(), ttl.into(), COUNTER_TTL_MS.into()];
+        match bucket {
+            Some(bucket) => {
+                let (cap, per_ms, ttl_ms) = bucket_args(&bucket.limit);
+                args.extend([cap.into(), per_ms.into(), ttl_ms.into()]);
+            }
+            None => args.extend(["".into(), "".into(), "".into()]),
+        }
+        for (device, item) in items {
+            keys.extend(self.queue_keys(aci, *device));
+            let mut member = Vec::with_capacity(24 + item.envelope.len());
+            member.extend_from_slice(&item.expires_at.to_be_bytes());
+            member.extend_from_slice(&item.guid);
+            member.extend_from_slice(&item.envelope);
+            args.push(RedisValue::Bytes(member.into()));
+            args.push(RedisValue::Bytes(item.guid.to_vec().into()));
+            args.push(device_channel(&self.prefix, aci, *device).into());
+        }
+        args.push(RedisValue::Bytes(BusEvent::Wake.encode().into()));
+        let reply: Vec<i64> = self.push.evalsha_with_reload(self.pool.next(), keys, args).await?;
+        match reply.as_slice() {
+            [0, _] => Ok(PushOutcome::Queued(Pushed { notified: true })),
+            [1, wait] => Ok(PushOutcome::Limited(Duration::from_millis((*wait).max(1) as u64))),
+            [2, index] => {
+                let device = items.get((*index - 1).max(0) as usize).map(|(d, _)| *d);
+                Ok(PushOutcome::Full(QueueFull(device.ok_or(StoreError::Corrupt("push reply"))?)))
+            }
+            _ => Err(StoreError::Corrupt("push reply")),
+        }
+    }
+
     /// Splits a ZRANGEBYSCORE … WITHSCORES reply into live and expired envelopes, advancing the cursor.
     fn sort_page(
         &self,
@@ -811,20 +874,10 @@ impl Redis {
 #[async_trait]
 impl RateLimitStore for Redis {
     async fn take(&self, bucket: &str, key: &[u8; 16], limit: &RateLimit) -> StoreResult<Result<(), Duration>> {
-        let mut name = format!("{}rl:{bucket}:", self.prefix);
-        for byte in key {
-            name.push_str(&format!("{byte:02x}"));
-        }
-        let per_ms = limit.refill_per_second() / 1000.0;
-        let ttl_ms = limit.period.as_millis().max(1000) as i64;
-        let wait: i64 = self
-            .take_token
-            .evalsha_with_reload(
-                self.pool.next(),
-                vec![name],
-                vec![limit.burst.to_string(), format!("{per_ms:.12}"), ttl_ms.to_string()],
-            )
-            .await?;
+        let name = format!("{}rl:{bucket}:{}", self.prefix, hex(key));
+        let (cap, per_ms, ttl_ms) = bucket_args(limit);
+        let wait: i64 =
+            self.take_token.evalsha_with_reload(self.pool.next(), vec![name], vec![cap, per_ms, ttl_ms]).await?;
         Ok(if wait <= 0 { Ok(()) } else { Err(Duration::from_millis(wait as u64)) })
     }
 }

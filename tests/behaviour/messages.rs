@@ -26,7 +26,33 @@ both_backends!(
     the_reaper_deletes_expired_envelopes,
     expired_envelopes_neither_fill_queues_nor_cut_pages_short,
     malformed_sends_and_plain_requests_to_sockets_get_json_errors,
+    sealed_and_online_sends_are_rate_limited_too,
 );
+
+async fn sealed_and_online_sends_are_rate_limited_too(backend: Backend) {
+    let server = start_with(backend, |c| c.limit_messages_per_sender_recipient = limit("2/1h")).await;
+    let bob = ready_user(&server).await;
+    let key = [3u8; 16];
+    server
+        .put("/v1/accounts/me/attributes", bob.bearer(), json!({"unidentifiedAccessKey": STANDARD.encode(key)}))
+        .await
+        .expect(204);
+    let path = format!("/v1/messages/{}", bob.aci);
+    let sealed = json!({"messages": [message(&bob, 6, b"sealed")], "timestamp": 1});
+    // Wrong keys cost tokens as well, so access keys cannot be guessed at leisure.
+    server.put(&path, Auth::AccessKey(&[4u8; 16]), sealed.clone()).await.expect_error(401, "unauthorized");
+    server.put(&path, Auth::AccessKey(&key), sealed.clone()).await.expect(200);
+    let reply = server.put(&path, Auth::AccessKey(&key), sealed).await;
+    reply.expect_error(429, "rate_limited");
+    assert!(reply.headers.contains_key("retry-after"));
+
+    let alice = ready_user(&server).await;
+    let online = json!({"messages": [message(&bob, 1, b"ring")], "timestamp": 1, "online": true});
+    server.put(&path, alice.bearer(), online.clone()).await.expect(200);
+    server.put(&path, alice.bearer(), online.clone()).await.expect(200);
+    server.put(&path, alice.bearer(), online).await.expect_error(429, "rate_limited");
+    server.stop().await;
+}
 
 async fn expired_envelopes_neither_fill_queues_nor_cut_pages_short(backend: Backend) {
     let server = start_with(backend, |c| {
