@@ -749,7 +749,11 @@ impl Sqlite {
 /// transaction. Results are released only after the commit, so a push is answered only once it is durable.
 /// If the batch fails as a whole, each op is retried alone, so one bad op cannot fail its neighbours.
 async fn run_batches(pool: SqlitePool, mut queued: tokio::sync::mpsc::Receiver<WriteOp>) {
+    let mut lengths = QueueLengths::default();
     while let Some(first) = queued.recv().await {
+        if lengths.known.len() > MAX_KNOWN_LENGTHS {
+            lengths.known.clear();
+        }
         let mut ops = vec![first];
         while ops.len() < MAX_BATCH {
             match queued.try_recv() {
@@ -758,7 +762,7 @@ async fn run_batches(pool: SqlitePool, mut queued: tokio::sync::mpsc::Receiver<W
             }
         }
         metrics::histogram!("sealpost_sqlite_batch_size").record(ops.len() as f64);
-        match apply_batch(&pool, &ops).await {
+        match apply_batch(&pool, &ops, &mut lengths).await {
             Ok(results) => {
                 for (op, result) in ops.into_iter().zip(results) {
                     answer(op, Ok(result));
@@ -766,7 +770,8 @@ async fn run_batches(pool: SqlitePool, mut queued: tokio::sync::mpsc::Receiver<W
             }
             Err(_) if ops.len() > 1 => {
                 for op in ops {
-                    let result = apply_batch(&pool, std::slice::from_ref(&op)).await.map(|mut r| r.remove(0));
+                    let result =
+                        apply_batch(&pool, std::slice::from_ref(&op), &mut lengths).await.map(|mut r| r.remove(0));
                     answer(op, result);
                 }
             }
@@ -792,12 +797,36 @@ fn answer(op: WriteOp, result: StoreResult<Applied>) {
     }
 }
 
-async fn apply_batch(pool: &SqlitePool, ops: &[WriteOp]) -> StoreResult<Vec<Applied>> {
+/// Queue lengths the batch writer has counted, so a push need not count its queue with a query each time.
+///
+/// Only the writer changes queues, except device removal and the reaper, which can only shorten them; so
+/// a known length is never below the truth, and a queue that looks full is counted again before a push is
+/// refused.
+#[derive(Default)]
+struct QueueLengths {
+    known: HashMap<(Aci, DeviceId), i64>,
+    /// Lengths changed by the transaction in progress; merged into `known` only once it commits.
+    pending: HashMap<(Aci, DeviceId), i64>,
+}
+
+/// Devices whose queue length the writer remembers at most.
+const MAX_KNOWN_LENGTHS: usize = 100_000;
+
+impl QueueLengths {
+    fn get(&self, key: &(Aci, DeviceId)) -> Option<i64> {
+        self.pending.get(key).or_else(|| self.known.get(key)).copied()
+    }
+}
+
+async fn apply_batch(pool: &SqlitePool, ops: &[WriteOp], lengths: &mut QueueLengths) -> StoreResult<Vec<Applied>> {
+    lengths.pending.clear();
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     let mut results = Vec::with_capacity(ops.len());
     for op in ops {
         results.push(match op {
-            WriteOp::Push { aci, items, max_len, .. } => Applied::Push(push_in(&mut tx, *aci, items, *max_len).await?),
+            WriteOp::Push { aci, items, max_len, .. } => {
+                Applied::Push(push_in(&mut tx, *aci, items, *max_len, lengths).await?)
+            }
             WriteOp::Ack { aci, device, guids, .. } => {
                 let mut deleted = 0;
                 for guid in guids {
@@ -809,12 +838,17 @@ async fn apply_batch(pool: &SqlitePool, ops: &[WriteOp]) -> StoreResult<Vec<Appl
                         .await?;
                     deleted += done.rows_affected();
                 }
+                if let Some(length) = lengths.get(&(*aci, *device)) {
+                    lengths.pending.insert((*aci, *device), (length - deleted as i64).max(0));
+                }
                 Applied::Ack(deleted)
             }
             WriteOp::Claim { aci, device, .. } => Applied::Claim(claim_in(&mut tx, *aci, *device).await?),
         });
     }
     tx.commit().await?;
+    let committed = std::mem::take(&mut lengths.pending);
+    lengths.known.extend(committed);
     Ok(results)
 }
 
@@ -823,20 +857,36 @@ async fn push_in(
     aci: Aci,
     items: &[(DeviceId, NewEnvelope)],
     max_len: u32,
+    lengths: &mut QueueLengths,
 ) -> StoreResult<Result<Pushed, QueueFull>> {
     let now = crate::domain::now_millis();
+    let max = i64::from(max_len);
     for (device, _) in items {
-        // Expired envelopes are invisible and do not count against the limit.
-        let queued: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM messages WHERE aci = ? AND device_id = ? AND expires_at > ?")
+        let key = (aci, *device);
+        let queued = match lengths.get(&key) {
+            Some(known) if known < max => known,
+            // Unknown, or looks full: count (expired envelopes are invisible and do not count).
+            _ => {
+                let counted: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM messages WHERE aci = ? AND device_id = ? AND expires_at > ?",
+                )
                 .bind(aci_text(aci))
                 .bind(i64::from(device.0))
                 .bind(now)
                 .fetch_one(&mut **tx)
                 .await?;
-        if queued >= i64::from(max_len) {
+                lengths.pending.insert(key, counted);
+                counted
+            }
+        };
+        if queued >= max {
             return Ok(Err(QueueFull(*device)));
         }
+    }
+    for (device, _) in items {
+        let key = (aci, *device);
+        let length = lengths.get(&key).unwrap_or(0);
+        lengths.pending.insert(key, length + 1);
     }
     for (device, item) in items {
         sqlx::query("INSERT INTO messages (aci, device_id, guid, expires_at, envelope) VALUES (?, ?, ?, ?, ?)")
