@@ -36,10 +36,7 @@ impl Limiter {
         let key = pseudonym(&self.key, bucket, identity);
         match self.store.take(bucket, &key, limit).await? {
             Ok(()) => Ok(()),
-            Err(wait) => {
-                metrics::counter!("sealpost_rate_limited_total", "bucket" => bucket).increment(1);
-                Err(ApiError::RateLimited(wait))
-            }
+            Err(wait) => Err(Self::refused(bucket, wait)),
         }
     }
 }

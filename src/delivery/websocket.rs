@@ -56,13 +56,7 @@ async fn upgrade(
 ) -> Result<Response, ApiError> {
     // Browsers cannot set headers on a WebSocket: they pass the token in the query (never logged: request
     // logs name only the route template).
-    let header_token = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim().to_owned());
-    let token = header_token.or(query.token).ok_or(ApiError::Unauthorized)?;
+    let token = auth::bearer(&headers).map(str::to_owned).or(query.token).ok_or(ApiError::Unauthorized)?;
     let device = auth::authenticate(&app, &token).await?;
     let ws = ws.map_err(|_| ApiError::UpgradeRequired)?;
     Ok(ws
@@ -129,16 +123,17 @@ async fn deliver(
         if state.unread && state.in_flight.len() < window {
             let want = window - state.in_flight.len();
             let batch = app.storage.queue.peek(device.aci, device.device, state.cursor, want, now_millis()).await?;
-            for item in &batch {
+            let fetched = batch.len();
+            for item in batch {
                 let id = state.next_request_id;
                 state.next_request_id += 1;
                 state.in_flight.insert(id, item.guid);
                 state.cursor = state.cursor.max(item.seq);
                 // Queue the frames and flush once per batch: one write for many envelopes.
-                sink.feed(envelope_request(id, item.envelope.clone())).await?;
+                sink.feed(envelope_request(id, item.envelope)).await?;
             }
-            metrics::counter!("sealpost_envelopes_sent_total").increment(batch.len() as u64);
-            if batch.len() < want {
+            metrics::counter!("sealpost_envelopes_sent_total").increment(fetched as u64);
+            if fetched < want {
                 state.unread = false;
                 if !state.queue_empty_sent {
                     state.queue_empty_sent = true;

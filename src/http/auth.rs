@@ -76,7 +76,10 @@ pub fn verify(app: &App, token: &str) -> Result<(Aci, DeviceId), ApiError> {
     let data = jsonwebtoken::decode::<Claims>(token, &app.keys.jwt_decoding, &validation)
         .map_err(|_| ApiError::Unauthorized)?;
     let aci = Aci::parse(&data.claims.sub).ok_or(ApiError::Unauthorized)?;
-    let device = DeviceId::parse(&data.claims.dev.to_string()).ok_or(ApiError::Unauthorized)?;
+    let device = DeviceId(data.claims.dev);
+    if !(1..=DeviceId::MAX).contains(&device.0) {
+        return Err(ApiError::Unauthorized);
+    }
     app.tokens.put(key, aci, device, data.claims.exp, now);
     Ok((aci, device))
 }
@@ -91,8 +94,8 @@ pub async fn authenticate(app: &App, token: &str) -> Result<AuthedDevice, ApiErr
 }
 
 /// The `Bearer` token of a request, if it has one.
-pub fn bearer(parts: &Parts) -> Option<&str> {
-    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
@@ -108,7 +111,7 @@ impl FromRequestParts<Arc<App>> for AuthedDevice {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
-        let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
+        let token = bearer(&parts.headers).ok_or(ApiError::Unauthorized)?;
         authenticate(app, token).await
     }
 }
@@ -140,7 +143,7 @@ impl FromRequestParts<Arc<App>> for DeviceOrAccessKey {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
-        if let Some(token) = bearer(parts) {
+        if let Some(token) = bearer(&parts.headers) {
             return Ok(DeviceOrAccessKey::Device(authenticate(app, token).await?));
         }
         match parts.headers.get("unidentified-access-key").and_then(|v| v.to_str().ok()) {

@@ -268,18 +268,6 @@ impl AccountStore for Sqlite {
         .transpose()
     }
 
-    async fn device_active(&self, aci: Aci, device: DeviceId) -> StoreResult<bool> {
-        let found: Option<i64> = sqlx::query_scalar(
-            "SELECT 1 FROM devices d JOIN accounts a ON a.aci = d.aci
-             WHERE d.aci = ? AND d.device_id = ? AND a.approved = 1",
-        )
-        .bind(aci_text(aci))
-        .bind(i64::from(device.0))
-        .fetch_optional(&self.reader)
-        .await?;
-        Ok(found.is_some())
-    }
-
     async fn touch_device(&self, aci: Aci, device: DeviceId, day: i64) -> StoreResult<()> {
         sqlx::query("UPDATE devices SET last_seen_day = ? WHERE aci = ? AND device_id = ? AND last_seen_day < ?")
             .bind(day)

@@ -123,9 +123,6 @@ pub trait AccountStore: Send + Sync {
     async fn approve(&self, aci: Aci) -> StoreResult<bool>;
     async fn account(&self, aci: Aci) -> StoreResult<Option<Account>>;
     async fn device_credentials(&self, aci: Aci, device: DeviceId) -> StoreResult<Option<DeviceCredentials>>;
-    /// Whether the device exists in an approved account: checked on every authenticated request so a
-    /// removed device loses access at once.
-    async fn device_active(&self, aci: Aci, device: DeviceId) -> StoreResult<bool>;
     async fn touch_device(&self, aci: Aci, device: DeviceId, day: i64) -> StoreResult<()>;
     async fn devices(&self, aci: Aci) -> StoreResult<Vec<Device>>;
     /// Removes a device and its durable keys; false when it did not exist.

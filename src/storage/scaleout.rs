@@ -236,18 +236,6 @@ impl AccountStore for Postgres {
         .transpose()
     }
 
-    async fn device_active(&self, aci: Aci, device: DeviceId) -> StoreResult<bool> {
-        let found: Option<i32> = sqlx::query_scalar(
-            "SELECT 1 FROM devices d JOIN accounts a ON a.aci = d.aci
-             WHERE d.aci = $1 AND d.device_id = $2 AND a.approved",
-        )
-        .bind(aci.0)
-        .bind(device_param(device))
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(found.is_some())
-    }
-
     async fn touch_device(&self, aci: Aci, device: DeviceId, day: i64) -> StoreResult<()> {
         sqlx::query("UPDATE devices SET last_seen_day = $1 WHERE aci = $2 AND device_id = $3 AND last_seen_day < $1")
             .bind(day)
@@ -678,7 +666,8 @@ impl PreKeyPool for Redis {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    bytes.iter().flat_map(|b| [DIGITS[usize::from(b >> 4)] as char, DIGITS[usize::from(b & 15)] as char]).collect()
 }
 
 /// Capacity, refill per millisecond and expiry of a token bucket, as the scripts take them.
@@ -752,8 +741,8 @@ impl MessageQueue for Redis {
             }
         }
         // Expired envelopes are dropped as they are met; whole queues also expire with their last envelope.
-        for guid in expired {
-            self.ack(aci, device, guid).await?;
+        if !expired.is_empty() {
+            self.ack_many(aci, device, &expired).await?;
         }
         Ok(out)
     }
