@@ -54,7 +54,7 @@ macro_rules! from_str_value {
         }
     )*};
 }
-from_str_value!(SocketAddr, u16, u32, u64, usize, bool);
+from_str_value!(SocketAddr, u8, u16, u32, u64, usize, bool);
 
 impl ConfigValue for String {
     fn parse_value(raw: &str) -> Result<Self, String> {
@@ -277,16 +277,26 @@ config_struct! {
     max_request_bytes: usize = "1048576", "SEALPOST_MAX_REQUEST_BYTES", false;
     /// One-time prekeys of one kind accepted in a single `PUT /v1/keys`.
     max_keys_per_upload: usize = "100", "SEALPOST_MAX_KEYS_PER_UPLOAD", false;
-    /// Header holding the client address when sealpost runs behind a trusted proxy (e.g. `x-forwarded-for`; the last address, the one the proxy appended, is used). Empty means the TCP peer address.
+    /// Header holding the client address when sealpost runs behind a trusted proxy (e.g. `x-forwarded-for`; the last address over all lines of the header, the one the proxy appended, is used). Empty means the TCP peer address.
     trusted_proxy_header: Option<String> = "", "SEALPOST_TRUSTED_PROXY_HEADER", false;
+    /// Per-IP rate limits count an IPv6 client by this many leading bits of its address (one subscriber usually holds a whole /64); 128 counts every address apart.
+    ipv6_prefix_length: u8 = "64", "SEALPOST_IPV6_PREFIX_LENGTH", false;
+    /// Seconds a connection may take to send a request's headers (also how long an idle keep-alive connection stays open); then it is closed.
+    header_read_timeout_seconds: u64 = "10", "SEALPOST_HEADER_READ_TIMEOUT_SECONDS", false;
+    /// Seconds a request may take to send its body; then it is answered 408 `request_timeout` and the connection closed.
+    body_read_timeout_seconds: u64 = "15", "SEALPOST_BODY_READ_TIMEOUT_SECONDS", false;
+    /// Open connections (HTTP and WebSocket) the API listener accepts in total; beyond it new connections get 503 `too_many_connections` and are closed.
+    max_connections: usize = "200000", "SEALPOST_MAX_CONNECTIONS", false;
+    /// Open connections from one client address (an IPv6 client: its prefix, see `SEALPOST_IPV6_PREFIX_LENGTH`). Not applied behind a trusted proxy, where every connection comes from the proxy.
+    max_connections_per_ip: usize = "1000", "SEALPOST_MAX_CONNECTIONS_PER_IP", false;
     /// Registrations per client IP.
     limit_registration_per_ip: RateLimit = "20/1h", "SEALPOST_LIMIT_REGISTRATION_PER_IP", false;
     /// Token requests per client IP.
     limit_auth_per_ip: RateLimit = "300/1m", "SEALPOST_LIMIT_AUTH_PER_IP", false;
     /// Prekey bundle fetches per requester (device, or client IP for access-key requests).
     limit_prekey_fetch_per_requester: RateLimit = "300/1m", "SEALPOST_LIMIT_PREKEY_FETCH_PER_REQUESTER", false;
-    /// Prekey bundle fetches per target account (against one-time-prekey exhaustion).
-    limit_prekey_fetch_per_target: RateLimit = "600/1h", "SEALPOST_LIMIT_PREKEY_FETCH_PER_TARGET", false;
+    /// Prekey bundle fetches of one target account by one requester. There is deliberately no limit per target alone: it would let anyone lock everyone out of starting a session with a chosen account.
+    limit_prekey_fetch_per_requester_target: RateLimit = "60/1h", "SEALPOST_LIMIT_PREKEY_FETCH_PER_REQUESTER_TARGET", false;
     /// Largest envelope `content`, in bytes after base64 decoding (413 `message_too_large` above it).
     max_message_bytes: usize = "98304", "SEALPOST_MAX_MESSAGE_BYTES", false;
     /// Envelopes a device queue holds; a send that would exceed it is refused (507 `queue_full`), never dropped silently.
@@ -452,6 +462,14 @@ impl Config {
         }
         if self.token_ttl_seconds == 0 {
             return Err(ConfigError("SEALPOST_TOKEN_TTL_SECONDS must be positive".into()));
+        }
+        if self.ipv6_prefix_length > 128 {
+            return Err(ConfigError("SEALPOST_IPV6_PREFIX_LENGTH must be 0..=128".into()));
+        }
+        if self.header_read_timeout_seconds == 0 || self.body_read_timeout_seconds == 0 {
+            return Err(ConfigError(
+                "SEALPOST_HEADER_READ_TIMEOUT_SECONDS and SEALPOST_BODY_READ_TIMEOUT_SECONDS must be positive".into(),
+            ));
         }
         Ok(())
     }

@@ -14,15 +14,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::domain::{Aci, DeviceId, RegistrationId};
+use crate::domain::{Aci, DeviceId, Incarnation, RegistrationId};
 use crate::storage::{Account, DeviceKeys, Storage, StoreResult};
 
 /// What is known about one account (or its absence).
 #[derive(Debug)]
 pub struct Entry {
     pub account: Option<Account>,
-    /// Every device of the account.
-    pub devices: Vec<DeviceId>,
+    /// Every device of the account, with its incarnation.
+    pub devices: Vec<(DeviceId, Incarnation)>,
     /// Devices that can receive messages, with their registration ids.
     pub ready: Vec<(DeviceId, RegistrationId)>,
     /// Signed and last-resort keys of those devices, for bundles.
@@ -30,9 +30,14 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// Whether the device exists in an approved account.
-    pub fn device_active(&self, device: DeviceId) -> bool {
-        self.account.as_ref().is_some_and(|a| a.approved) && self.devices.contains(&device)
+    /// Whether the device exists, in this incarnation, in an approved account.
+    pub fn device_active(&self, device: DeviceId, incarnation: Incarnation) -> bool {
+        self.account.as_ref().is_some_and(|a| a.approved) && self.devices.contains(&(device, incarnation))
+    }
+
+    /// The current incarnation of a device of the account.
+    pub fn incarnation(&self, device: DeviceId) -> Option<Incarnation> {
+        self.devices.iter().find(|(id, _)| *id == device).map(|(_, incarnation)| *incarnation)
     }
 }
 
@@ -63,7 +68,8 @@ impl Directory {
         }
         let account = self.storage.accounts.account(aci).await?;
         let (devices, keys) = if account.is_some() {
-            let devices = self.storage.accounts.devices(aci).await?.into_iter().map(|d| d.id).collect();
+            let devices =
+                self.storage.accounts.devices(aci).await?.into_iter().map(|d| (d.id, d.incarnation)).collect();
             (devices, self.storage.keys.device_keys(aci, None).await?)
         } else {
             (Vec::new(), Vec::new())

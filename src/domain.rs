@@ -60,6 +60,23 @@ impl fmt::Display for DeviceId {
     }
 }
 
+/// One life of a device slot. A device id is a small number that can, in time, be given to a new device of
+/// the same account; the incarnation is a random number drawn when the device is added, carried in its
+/// tokens and checked on every request, so a token of a removed device never opens its successor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Incarnation(pub i64);
+
+impl Incarnation {
+    /// Devices created before incarnations existed carry this one, as do tokens issued for them.
+    pub const LEGACY: Incarnation = Incarnation(0);
+
+    /// A fresh random incarnation: positive, never [`Incarnation::LEGACY`], and safe in a signed 64-bit
+    /// column and in a JSON number (below 2^53).
+    pub fn random() -> Self {
+        Incarnation(1 + (rand::random::<u64>() % ((1u64 << 53) - 1)) as i64)
+    }
+}
+
 /// Client-chosen registration id, 1..=16380, used by clients to notice a reinstalled device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RegistrationId(pub u16);

@@ -43,6 +43,10 @@ pub enum ApiError {
     InvalidSignature(&'static str),
     #[error("path parameter is not valid")]
     InvalidPath,
+    #[error("query string is not valid")]
+    InvalidQuery,
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
     #[error("this server only registers holders of an invite code")]
     InviteRequired,
     #[error("invite code is unknown, used or expired")]
@@ -109,7 +113,9 @@ impl ApiError {
             | InvalidKeyId
             | TooManyKeys(_)
             | DuplicateKeyId
-            | InvalidPath => StatusCode::BAD_REQUEST,
+            | InvalidPath
+            | InvalidQuery => StatusCode::BAD_REQUEST,
+            RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             InvalidSignature(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -149,6 +155,8 @@ impl ApiError {
             DuplicateKeyId => "duplicate_key_id",
             InvalidSignature(_) => "invalid_signature",
             InvalidPath => "invalid_path",
+            InvalidQuery => "invalid_query",
+            RequestTimeout => "request_timeout",
             InviteRequired => "invite_required",
             InvalidInvite => "invalid_invite",
             PendingApproval => "pending_approval",

@@ -22,7 +22,6 @@ pub mod storage;
 pub mod telemetry;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -82,18 +81,20 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let grace = Duration::from_secs(app.config.shutdown_grace_seconds);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let api = http::router(app.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let api = http::router(app.clone());
     let metrics = http::metrics_router(app.clone());
-
-    let mut api_stop = stop_rx.clone();
-    let api_server = axum::serve(listener, api).with_graceful_shutdown(async move {
-        let _ = api_stop.wait_for(|stop| *stop).await;
-    });
+    let limits = http::listener::ListenerLimits {
+        header_read_timeout: Duration::from_secs(app.config.header_read_timeout_seconds),
+        max_connections: app.config.max_connections,
+        max_connections_per_ip: app.config.trusted_proxy_header.is_none().then_some(app.config.max_connections_per_ip),
+        ipv6_prefix_length: app.config.ipv6_prefix_length,
+    };
+    let api_server = http::listener::serve(listener, api, limits, stop_rx.clone());
     let mut metrics_stop = stop_rx.clone();
     let metrics_server = axum::serve(metrics_listener, metrics).with_graceful_shutdown(async move {
         let _ = metrics_stop.wait_for(|stop| *stop).await;
     });
-    let api_task = tokio::spawn(async move { api_server.await });
+    let api_task = tokio::spawn(api_server);
     let metrics_task = tokio::spawn(async move { metrics_server.await });
 
     shutdown.await;

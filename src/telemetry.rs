@@ -12,14 +12,30 @@ use tracing_subscriber::EnvFilter;
 use crate::config::{Config, LogFormat};
 
 /// Installs the process-wide log subscriber (the binary calls this once).
+///
+/// Whatever the filter says, libraries log at `info` at most: at `debug` and `trace` the WebSocket, HTTP,
+/// database and Redis libraries write whole frames, queries and key names (envelopes, acis, guids), which
+/// our privacy rules keep out of every log. Only sealpost's own lines go below `info`.
 pub fn init_logging(config: &Config) {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let filter = EnvFilter::try_new(&config.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi);
-    let _ = match config.log_format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
+    let layer = tracing_subscriber::fmt::layer().with_target(false).with_ansi(ansi);
+    let layer = match config.log_format {
+        LogFormat::Json => layer.json().boxed(),
+        LogFormat::Text => layer.boxed(),
     };
+    let _ = tracing_subscriber::registry()
+        .with(layer.with_filter(filter).with_filter(tracing_subscriber::filter::filter_fn(libraries_at_info)))
+        .try_init();
+}
+
+/// The cap on libraries' log lines described at [`init_logging`].
+pub fn libraries_at_info(metadata: &tracing::Metadata<'_>) -> bool {
+    metadata.target().starts_with("sealpost") || *metadata.level() <= tracing::Level::INFO
 }
 
 /// Handle to the Prometheus recorder. The `metrics` facade is process-wide by design, so the recorder is

@@ -143,7 +143,7 @@ pub async fn start(bin: &Path, backend: Backend, services: &Services) -> Result<
         .env("SEALPOST_LIMIT_REGISTRATION_PER_IP", NO_LIMIT)
         .env("SEALPOST_LIMIT_AUTH_PER_IP", NO_LIMIT)
         .env("SEALPOST_LIMIT_PREKEY_FETCH_PER_REQUESTER", NO_LIMIT)
-        .env("SEALPOST_LIMIT_PREKEY_FETCH_PER_TARGET", NO_LIMIT)
+        .env("SEALPOST_LIMIT_PREKEY_FETCH_PER_REQUESTER_TARGET", NO_LIMIT)
         .env("SEALPOST_LIMIT_MESSAGES_PER_SENDER_RECIPIENT", NO_LIMIT)
         .env("SEALPOST_MAX_QUEUE_LEN", "1000000")
         // A full run lasts longer than the default token lifetime and holds sockets idle on purpose.

@@ -14,7 +14,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, put};
@@ -22,10 +22,10 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::{hash_secret, new_salt, random_bytes, sha256};
-use crate::domain::{DeviceSecret, RegistrationId, decode_b64, now_millis};
+use crate::domain::{DeviceSecret, Incarnation, RegistrationId, decode_b64, now_millis};
 use crate::error::ApiError;
 use crate::http::auth::AuthedDevice;
-use crate::http::extract::Json;
+use crate::http::extract::{Json, Path};
 use crate::http::{App, ClientIp};
 use crate::keys::{SignedKeyJson, parse_signed_ec, parse_signed_kem, verify_ec, verify_kem};
 use crate::storage::{AddDeviceError, NewDevice};
@@ -133,12 +133,14 @@ async fn link(
     let salt = new_salt();
     let device = NewDevice {
         registration_id,
+        incarnation: Incarnation::random(),
         secret_salt: salt,
         secret_hash: hash_secret(&salt, &secret.0),
         name,
         created_at: now,
     };
-    let id = match app.storage.accounts.add_device(aci, &device, app.config.max_devices).await? {
+    let reuse_after = id_reuse_horizon(&app.config, now);
+    let id = match app.storage.accounts.add_device(aci, &device, app.config.max_devices, reuse_after).await? {
         Ok(id) => id,
         Err(AddDeviceError::TooManyDevices) => return Err(ApiError::TooManyDevices),
         Err(AddDeviceError::NoAccount) => return Err(ApiError::InvalidVerificationCode),
@@ -147,4 +149,11 @@ async fn link(
     app.directory.invalidate(aci).await?;
     metrics::counter!("sealpost_devices_linked_total").increment(1);
     Ok(axum::Json(Linked { aci: aci.to_string(), device_id: id.0 }))
+}
+
+/// Device ids given up after this time are not handed out again yet: a token of the device that had the id
+/// could still be accepted (tokens name their incarnation too, so this is a second line of defence).
+pub fn id_reuse_horizon(config: &crate::config::Config, now: i64) -> i64 {
+    let token_life_ms = (config.token_ttl_seconds + crate::http::auth::TOKEN_LEEWAY_SECONDS) * 1000;
+    now - token_life_ms as i64
 }

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, post, put};
@@ -17,12 +17,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::RegistrationPolicy;
 use crate::crypto::{constant_time_eq, hash_secret, new_salt, random_bytes, sha256};
-use crate::domain::{AccessKey, Aci, DeviceId, DeviceSecret, EcPublicKey, RegistrationId, now_millis, round_to_day};
+use crate::domain::{
+    AccessKey, Aci, DeviceId, DeviceSecret, EcPublicKey, Incarnation, RegistrationId, now_millis, round_to_day,
+};
 use crate::error::ApiError;
 use crate::http::auth::{self, AuthedDevice};
-use crate::http::extract::Json;
+use crate::http::extract::{Json, Path};
 use crate::http::{App, ClientIp};
-use crate::storage::{CreateAccountError, NewAccount};
+use crate::storage::{CreateAccountError, NewAccount, Recipient};
 
 pub mod linking;
 
@@ -74,6 +76,7 @@ async fn register(
         aci: Aci::random(),
         identity_key,
         registration_id,
+        incarnation: Incarnation::random(),
         secret_salt: salt,
         secret_hash: hash_secret(&salt, &secret.0),
         approved: app.config.registration_policy != RegistrationPolicy::Approval,
@@ -117,9 +120,9 @@ async fn token(State(app): State<Arc<App>>, ip: ClientIp, headers: HeaderMap) ->
     let (aci, device, secret) = basic_credentials(&headers).ok_or(ApiError::Unauthorized)?;
     let credentials = app.storage.accounts.device_credentials(aci, device).await?;
     // Hash even for an unknown device so the answer takes as long as for a wrong secret.
-    let (salt, expected, approved) = match &credentials {
-        Some(c) => (c.secret_salt.as_slice(), c.secret_hash.as_slice(), c.approved),
-        None => (&[0u8; 16][..], &[0u8; 32][..], false),
+    let (salt, expected, approved, incarnation) = match &credentials {
+        Some(c) => (c.secret_salt.as_slice(), c.secret_hash.as_slice(), c.approved, c.incarnation),
+        None => (&[0u8; 16][..], &[0u8; 32][..], false, Incarnation::LEGACY),
     };
     let matches = constant_time_eq(&hash_secret(salt, &secret), expected);
     if credentials.is_none() || !matches {
@@ -129,7 +132,7 @@ async fn token(State(app): State<Arc<App>>, ip: ClientIp, headers: HeaderMap) ->
         return Err(ApiError::PendingApproval);
     }
     app.storage.accounts.touch_device(aci, device, round_to_day(now_millis())).await?;
-    let (token, expires_in) = auth::issue(&app, aci, device)?;
+    let (token, expires_in) = auth::issue(&app, aci, device, incarnation)?;
     Ok(axum::Json(TokenResponse { token, expires_in }))
 }
 
@@ -187,8 +190,12 @@ async fn delete_device(
 /// and the call can simply be retried (nothing is orphaned in Redis); then the durable record, which is
 /// what refuses its tokens; then every instance forgets it and its sockets are closed.
 pub async fn remove_device(app: &App, aci: Aci, device: DeviceId) -> Result<(), ApiError> {
-    clear_device_state(app, aci, device).await?;
-    let removed = app.storage.accounts.delete_device(aci, device).await?;
+    let devices = app.storage.accounts.devices(aci).await?;
+    let Some(found) = devices.iter().find(|d| d.id == device) else {
+        return Err(ApiError::NotFound);
+    };
+    clear_device_state(app, aci, Recipient { device, incarnation: found.incarnation }).await?;
+    let removed = app.storage.accounts.delete_device(aci, device, now_millis()).await?;
     app.directory.invalidate(aci).await?;
     if !removed {
         return Err(ApiError::NotFound);
@@ -198,8 +205,8 @@ pub async fn remove_device(app: &App, aci: Aci, device: DeviceId) -> Result<(), 
 }
 
 /// Deletes a device's one-time prekeys and queued envelopes.
-async fn clear_device_state(app: &App, aci: Aci, device: DeviceId) -> Result<(), ApiError> {
-    app.storage.pre_keys.remove_device(aci, device).await?;
+async fn clear_device_state(app: &App, aci: Aci, device: Recipient) -> Result<(), ApiError> {
+    app.storage.pre_keys.remove_device(aci, device.device).await?;
     app.storage.queue.remove_device(aci, device).await?;
     Ok(())
 }
@@ -211,7 +218,7 @@ async fn delete_account(State(app): State<Arc<App>>, authed: AuthedDevice) -> Re
     // Same order as for one device: ephemeral state, then the durable record, then the sockets.
     let devices = app.storage.accounts.devices(authed.aci).await?;
     for device in &devices {
-        clear_device_state(&app, authed.aci, device.id).await?;
+        clear_device_state(&app, authed.aci, Recipient { device: device.id, incarnation: device.incarnation }).await?;
     }
     app.storage.queue.remove_account(authed.aci).await?;
     app.storage.accounts.delete_account(authed.aci).await?;

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::State;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::get;
@@ -23,6 +23,7 @@ use crate::domain::now_millis;
 use crate::error::ApiError;
 use crate::http::App;
 use crate::http::auth::{self, AuthedDevice};
+use crate::http::extract::Query;
 use crate::storage::BusEvent;
 
 /// Close codes.
@@ -94,6 +95,8 @@ struct Delivery {
     /// The queue may hold envelopes this socket has not sent yet.
     unread: bool,
     queue_empty_sent: bool,
+    /// A keepalive arrived: check again that the device still exists (in case a revocation was lost).
+    recheck: bool,
 }
 
 async fn run(app: Arc<App>, device: AuthedDevice, socket: WebSocket) -> Result<(), SocketError> {
@@ -115,8 +118,14 @@ async fn deliver(
     let idle = Duration::from_secs(app.config.ws_idle_timeout_seconds);
     let mut deadline = Instant::now() + idle;
     let window = app.config.ws_window;
-    let mut state =
-        Delivery { cursor: 0, in_flight: HashMap::new(), next_request_id: 1, unread: true, queue_empty_sent: false };
+    let mut state = Delivery {
+        cursor: 0,
+        in_flight: HashMap::new(),
+        next_request_id: 1,
+        unread: true,
+        queue_empty_sent: false,
+        recheck: false,
+    };
     let _ = connection_id;
 
     let ending = loop {
@@ -182,6 +191,11 @@ async fn deliver(
                         if bad {
                             break Ending::Close(CLOSE_UNSUPPORTED, "not a WebSocketMessage");
                         }
+                        if std::mem::take(&mut state.recheck)
+                            && !app.directory.get(device.aci).await?.device_active(device.device, device.incarnation)
+                        {
+                            break Ending::Close(CLOSE_REVOKED, "device removed");
+                        }
                     }
                     Some(Ok(Message::Text(_))) => break Ending::Close(CLOSE_UNSUPPORTED, "binary frames only"),
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
@@ -235,8 +249,9 @@ fn handle_client_message(state: &mut Delivery, message: WebSocketMessage, acks: 
             let id = request.id.unwrap_or(0);
             let reply = match (request.verb.as_deref(), request.path.as_deref()) {
                 (Some("GET"), Some("/v1/keepalive")) => {
-                    // A keepalive is also a chance to catch any wake lost on the way.
+                    // A keepalive is also a chance to catch any wake or revocation lost on the way.
                     state.unread = true;
+                    state.recheck = true;
                     WebSocketMessage::response(id, 200, "OK")
                 }
                 _ => WebSocketMessage::response(id, 404, "Not found"),

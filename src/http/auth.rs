@@ -13,22 +13,25 @@ use jsonwebtoken::{Algorithm, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use super::App;
-use crate::domain::{AccessKey, Aci, DeviceId};
+use crate::domain::{AccessKey, Aci, DeviceId, Incarnation};
 use crate::error::ApiError;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
     sub: String,
     dev: u32,
+    /// The device's incarnation; tokens issued before incarnations existed lack it and name the legacy one.
+    #[serde(default)]
+    inc: i64,
     iat: u64,
     exp: u64,
 }
 
-/// Signs a token for the device; returns it with its lifetime in seconds.
-pub fn issue(app: &App, aci: Aci, device: DeviceId) -> Result<(String, u64), ApiError> {
+/// Signs a token for one incarnation of a device; returns it with its lifetime in seconds.
+pub fn issue(app: &App, aci: Aci, device: DeviceId, incarnation: Incarnation) -> Result<(String, u64), ApiError> {
     let now = (crate::domain::now_millis() / 1000) as u64;
     let ttl = app.config.token_ttl_seconds;
-    let claims = Claims { sub: aci.to_string(), dev: device.0, iat: now, exp: now + ttl };
+    let claims = Claims { sub: aci.to_string(), dev: device.0, inc: incarnation.0, iat: now, exp: now + ttl };
     let token = jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &app.keys.jwt_encoding)
         .map_err(|e| ApiError::Internal(format!("token signing failed: {e}")))?;
     Ok((token, ttl))
@@ -39,39 +42,50 @@ pub fn issue(app: &App, aci: Aci, device: DeviceId) -> Result<(String, u64), Api
 /// same token on every request for its whole lifetime.
 #[derive(Default)]
 pub struct TokenCache {
-    entries: std::sync::Mutex<std::collections::HashMap<[u8; 32], (Aci, DeviceId, u64)>>,
+    entries: std::sync::Mutex<std::collections::HashMap<[u8; 32], (TokenSubject, u64)>>,
 }
+
+/// Whom a token names: one incarnation of one device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenSubject {
+    pub aci: Aci,
+    pub device: DeviceId,
+    pub incarnation: Incarnation,
+}
+
+/// How long a token can outlive its `exp` claim: the leeway [`verify`] grants for clock skew.
+pub const TOKEN_LEEWAY_SECONDS: u64 = 5;
 
 /// Above this many cached tokens, expired ones are dropped (and all, if that is not enough).
 const MAX_CACHED_TOKENS: usize = 100_000;
 
 impl TokenCache {
-    fn get(&self, key: &[u8; 32], now: u64) -> Option<(Aci, DeviceId)> {
+    fn get(&self, key: &[u8; 32], now: u64) -> Option<TokenSubject> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries.get(key).filter(|(_, _, exp)| *exp > now).map(|(aci, device, _)| (*aci, *device))
+        entries.get(key).filter(|(_, exp)| *exp > now).map(|(subject, _)| *subject)
     }
 
-    fn put(&self, key: [u8; 32], aci: Aci, device: DeviceId, exp: u64, now: u64) {
+    fn put(&self, key: [u8; 32], subject: TokenSubject, exp: u64, now: u64) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if entries.len() >= MAX_CACHED_TOKENS {
-            entries.retain(|_, (_, _, e)| *e > now);
+            entries.retain(|_, (_, e)| *e > now);
             if entries.len() >= MAX_CACHED_TOKENS {
                 entries.clear();
             }
         }
-        entries.insert(key, (aci, device, exp));
+        entries.insert(key, (subject, exp));
     }
 }
 
 /// Checks a token's signature and expiry (not yet whether the device still exists).
-pub fn verify(app: &App, token: &str) -> Result<(Aci, DeviceId), ApiError> {
+pub fn verify(app: &App, token: &str) -> Result<TokenSubject, ApiError> {
     let now = (crate::domain::now_millis() / 1000) as u64;
     let key = crate::crypto::sha256(token.as_bytes());
     if let Some(hit) = app.tokens.get(&key, now) {
         return Ok(hit);
     }
     let mut validation = Validation::new(Algorithm::EdDSA);
-    validation.leeway = 5;
+    validation.leeway = TOKEN_LEEWAY_SECONDS;
     validation.set_required_spec_claims(&["exp", "sub"]);
     let data = jsonwebtoken::decode::<Claims>(token, &app.keys.jwt_decoding, &validation)
         .map_err(|_| ApiError::Unauthorized)?;
@@ -80,17 +94,18 @@ pub fn verify(app: &App, token: &str) -> Result<(Aci, DeviceId), ApiError> {
     if !(1..=DeviceId::MAX).contains(&device.0) {
         return Err(ApiError::Unauthorized);
     }
-    app.tokens.put(key, aci, device, data.claims.exp, now);
-    Ok((aci, device))
+    let subject = TokenSubject { aci, device, incarnation: Incarnation(data.claims.inc) };
+    app.tokens.put(key, subject, data.claims.exp + TOKEN_LEEWAY_SECONDS, now);
+    Ok(subject)
 }
 
-/// Checks a token and that its device is still active.
+/// Checks a token and that its device is still active, in the incarnation the token names.
 pub async fn authenticate(app: &App, token: &str) -> Result<AuthedDevice, ApiError> {
-    let (aci, device) = verify(app, token)?;
-    if !app.directory.get(aci).await?.device_active(device) {
+    let subject = verify(app, token)?;
+    if !app.directory.get(subject.aci).await?.device_active(subject.device, subject.incarnation) {
         return Err(ApiError::Unauthorized);
     }
-    Ok(AuthedDevice { aci, device })
+    Ok(AuthedDevice { aci: subject.aci, device: subject.device, incarnation: subject.incarnation })
 }
 
 /// The `Bearer` token of a request, if it has one.
@@ -105,6 +120,7 @@ pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
 pub struct AuthedDevice {
     pub aci: Aci,
     pub device: DeviceId,
+    pub incarnation: Incarnation,
 }
 
 impl FromRequestParts<Arc<App>> for AuthedDevice {

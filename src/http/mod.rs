@@ -3,10 +3,11 @@
 
 pub mod auth;
 pub mod extract;
+pub mod listener;
 pub mod openapi;
 mod ops;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -65,41 +66,79 @@ pub fn metrics_router(app: Arc<App>) -> Router {
 /// method, template, status and latency at debug level: no path, query, header or address.
 async fn observe(request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method());
     let route =
         request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let response = next.run(request).await;
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
     metrics::counter!("sealpost_http_requests_total",
-        "method" => method.clone(), "route" => route.clone(), "status" => status.to_string())
+        "method" => method, "route" => route.clone(), "status" => status.to_string())
     .increment(1);
-    metrics::histogram!("sealpost_http_request_duration_seconds", "method" => method.clone(), "route" => route.clone())
+    metrics::histogram!("sealpost_http_request_duration_seconds", "method" => method, "route" => route.clone())
         .record(elapsed.as_secs_f64());
-    tracing::debug!(%method, %route, status, latency_us = elapsed.as_micros() as u64, "request");
+    tracing::debug!(method, %route, status, latency_us = elapsed.as_micros() as u64, "request");
     response
 }
 
-/// Address of the client as seen by this server (or told by a trusted proxy). Used only in memory, for
+/// The method as a metric label: one of the standard methods, or `other`. Anyone can send any method
+/// string, and a label value per string would let them grow `/metrics` without bound.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// Address of the client as rate limits see it: the TCP peer, or what a trusted proxy says, with an IPv6
+/// address cut to its network prefix (one subscriber usually holds a whole /64). Used only in memory, for
 /// rate-limit buckets; never stored or logged.
-pub struct ClientIp(pub std::net::IpAddr);
+pub struct ClientIp(pub IpAddr);
 
 impl axum::extract::FromRequestParts<Arc<App>> for ClientIp {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut axum::http::request::Parts, app: &Arc<App>) -> Result<Self, ApiError> {
-        if let Some(header) = &app.config.trusted_proxy_header
-            && let Some(value) = parts.headers.get(header.as_str()).and_then(|v| v.to_str().ok())
-            // The last entry is the one the trusted proxy appended; earlier ones are whatever the client sent.
-            && let Some(ip) = value.rsplit(',').next().and_then(|last| last.trim().parse().ok())
-        {
-            return Ok(ClientIp(ip));
-        }
-        parts
-            .extensions
-            .get::<axum::extract::ConnectInfo<SocketAddr>>()
-            .map(|info| ClientIp(info.0.ip()))
-            .ok_or_else(|| ApiError::Internal("connection info missing".into()))
+        let told = app.config.trusted_proxy_header.as_deref().and_then(|name| forwarded_client(&parts.headers, name));
+        let ip = match told {
+            Some(ip) => ip,
+            None => parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<SocketAddr>>()
+                .map(|info| info.0.ip())
+                .ok_or_else(|| ApiError::Internal("connection info missing".into()))?,
+        };
+        Ok(ClientIp(bucket_address(ip, app.config.ipv6_prefix_length)))
+    }
+}
+
+/// The client address a trusted proxy appended to `header`: the last address over every line of the
+/// header, since a client may send lines (and addresses) of its own before the proxy adds its one.
+pub fn forwarded_client(headers: &axum::http::HeaderMap, header: &str) -> Option<IpAddr> {
+    let last = headers.get_all(header).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).last()?;
+    let last = last.trim();
+    last.parse::<IpAddr>().ok().or_else(|| last.parse::<SocketAddr>().ok().map(|s| s.ip()))
+}
+
+/// IPv4 as it is (an IPv4-mapped IPv6 address counts as IPv4); IPv6 cut to its first `prefix` bits.
+pub fn bucket_address(ip: IpAddr, prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let bits = u128::from(v6);
+                let mask = if prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(prefix.min(128))) };
+                IpAddr::V6(std::net::Ipv6Addr::from(bits & mask))
+            }
+        },
     }
 }
 

@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, put};
@@ -21,7 +21,7 @@ use crate::crypto::xeddsa;
 use crate::domain::{Aci, DeviceId, EcPublicKey, KemPublicKey, Signature, encode_b64};
 use crate::error::ApiError;
 use crate::http::auth::{AuthedDevice, DeviceOrAccessKey};
-use crate::http::extract::Json;
+use crate::http::extract::{Json, Path};
 use crate::http::{App, ClientIp};
 use crate::storage::{EcOneTimeKey, KeyUpload, SignedEcKey, SignedKemKey};
 
@@ -278,7 +278,13 @@ async fn fetch(
         return Err(ApiError::Unauthorized);
     }
     let Some(account) = account.filter(|a| a.approved) else { return Err(not_found) };
-    app.limiter.check("prekey_fetch_target", target.0.as_bytes(), &app.config.limit_prekey_fetch_per_target).await?;
+    // Per requester and target, never per target alone: a target-wide bucket would let anyone deny everyone
+    // a session with the target. Draining the one-time keys stays possible (at the requester's cost); then
+    // callers get the last-resort key, as with Signal.
+    let pair = format!("{requester_id}>{target}");
+    app.limiter
+        .check("prekey_fetch_requester_target", pair.as_bytes(), &app.config.limit_prekey_fetch_per_requester_target)
+        .await?;
 
     let devices: Vec<_> = entry.keys.iter().filter(|k| only.is_none_or(|d| d == k.device)).cloned().collect();
     if devices.is_empty() {

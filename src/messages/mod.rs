@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, put};
@@ -24,9 +24,9 @@ use crate::delivery::proto::{Envelope, envelope_type};
 use crate::domain::{Aci, DeviceId, decode_b64, encode_b64, now_millis};
 use crate::error::ApiError;
 use crate::http::auth::{AuthedDevice, DeviceOrAccessKey};
-use crate::http::extract::Json;
+use crate::http::extract::{Json, Path};
 use crate::http::{App, ClientIp};
-use crate::storage::{BusEvent, NewEnvelope, PushOutcome};
+use crate::storage::{BusEvent, NewEnvelope, PushOutcome, Recipient};
 
 /// Rate-limit bucket of sends per sender and recipient.
 const RATE_BUCKET: &str = "messages_sender_recipient";
@@ -146,7 +146,8 @@ async fn send(
         _ => None,
     };
     let devices: Vec<_> = entry.ready.iter().copied().filter(|(id, _)| Some(*id) != own_device).collect();
-    check_devices(&devices, &messages)?;
+    let addressed: Vec<(u32, i64)> = messages.iter().map(|m| (m.device, m.registration_id)).collect();
+    check_devices(&devices, &addressed)?;
 
     let now = now_millis();
     let urgent = req.urgent.unwrap_or(true);
@@ -154,7 +155,7 @@ async fn send(
         DeviceOrAccessKey::Device(d) => (Some(d.aci.0.as_bytes().to_vec()), Some(d.device.0)),
         DeviceOrAccessKey::AccessKey(_) => (None, None),
     };
-    let items: Vec<(DeviceId, NewEnvelope)> = messages
+    let items: Vec<(Recipient, NewEnvelope)> = messages
         .into_iter()
         .map(|message| {
             let guid = *Uuid::new_v4().as_bytes();
@@ -170,33 +171,40 @@ async fn send(
                 server_guid: Some(guid.to_vec()),
             };
             let expires_at = now + (ttl_seconds as i64).saturating_mul(1000);
-            (DeviceId(message.device), NewEnvelope { guid, expires_at, envelope: envelope.encode_to_vec() })
+            let device = DeviceId(message.device);
+            // A device the view lists as ready but not as a device cannot be queued for: the legacy
+            // incarnation never matches a live device's, so the push answers `Gone` and the view is renewed.
+            let incarnation = entry.incarnation(device).unwrap_or(crate::domain::Incarnation::LEGACY);
+            (Recipient { device, incarnation }, NewEnvelope { guid, expires_at, envelope: envelope.encode_to_vec() })
         })
         .collect();
 
     if req.online {
         // Only for sockets open right now; nothing is stored.
-        for (device, item) in items {
-            app.storage.bus.publish(target, device, BusEvent::Ephemeral(item.envelope)).await?;
+        for (recipient, item) in items {
+            app.storage.bus.publish(target, recipient.device, BusEvent::Ephemeral(item.envelope)).await?;
         }
     } else {
-        let outcome = if token_in_push {
-            let bucket = app.limiter.bucket(RATE_BUCKET, sender_key.as_bytes(), limit);
-            app.storage.queue.push_limited(target, &items, app.config.max_queue_len, &bucket).await?
-        } else {
-            match app.storage.queue.push(target, &items, app.config.max_queue_len).await? {
-                Ok(pushed) => PushOutcome::Queued(pushed),
-                Err(full) => PushOutcome::Full(full),
-            }
-        };
+        let bucket = token_in_push.then(|| app.limiter.bucket(RATE_BUCKET, sender_key.as_bytes(), limit));
+        let outcome = app.storage.queue.push(target, &items, app.config.max_queue_len, bucket.as_ref()).await?;
         let pushed = match outcome {
             PushOutcome::Queued(pushed) => pushed,
             PushOutcome::Full(_) => return Err(ApiError::QueueFull),
             PushOutcome::Limited(wait) => return Err(crate::limits::Limiter::refused(RATE_BUCKET, wait)),
+            PushOutcome::Gone(device) => {
+                // A device was removed while this send was on its way: answer from a fresh view, as if the
+                // send had come a moment later.
+                app.directory.invalidate(target).await?;
+                let entry = app.directory.get(target).await?;
+                let devices: Vec<_> = entry.ready.iter().copied().filter(|(id, _)| Some(*id) != own_device).collect();
+                check_devices(&devices, &addressed)?;
+                // Same ids and registration ids, yet the device is a new one: the sender's session is stale.
+                return Err(ApiError::StaleDevices(vec![device.0]));
+            }
         };
         if !pushed.notified {
-            for (device, _) in &items {
-                app.storage.bus.publish(target, *device, BusEvent::Wake).await?;
+            for (recipient, _) in &items {
+                app.storage.bus.publish(target, recipient.device, BusEvent::Wake).await?;
             }
         }
     }
@@ -212,19 +220,22 @@ async fn send(
 }
 
 /// 410 for registration-id mismatches first (as Signal does), then 409 for missing or extra devices.
+/// `addressed` holds each message's destination device and registration id.
 fn check_devices(
     devices: &[(DeviceId, crate::domain::RegistrationId)],
-    messages: &[Validated],
+    addressed: &[(u32, i64)],
 ) -> Result<(), ApiError> {
-    let stale: BTreeSet<u32> = messages
+    let stale: BTreeSet<u32> = addressed
         .iter()
-        .filter(|m| devices.iter().any(|(id, reg)| id.0 == m.device && i64::from(reg.0) != m.registration_id))
-        .map(|m| m.device)
+        .filter(|(device, registration)| {
+            devices.iter().any(|(id, reg)| id.0 == *device && i64::from(reg.0) != *registration)
+        })
+        .map(|(device, _)| *device)
         .collect();
     if !stale.is_empty() {
         return Err(ApiError::StaleDevices(stale.into_iter().collect()));
     }
-    let addressed: Vec<u32> = messages.iter().map(|m| m.device).collect();
+    let addressed: Vec<u32> = addressed.iter().map(|(device, _)| *device).collect();
     let current: BTreeSet<u32> = devices.iter().map(|(id, _)| id.0).collect();
     let missing: Vec<u32> = current.iter().copied().filter(|id| !addressed.contains(id)).collect();
     let mut extra: BTreeSet<u32> = addressed.iter().copied().filter(|id| !current.contains(id)).collect();

@@ -11,7 +11,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Connection, Row, SqlitePool};
 
 use super::*;
-use crate::domain::{AccessKey, EcPublicKey, KemPublicKey, RegistrationId, Signature};
+use crate::domain::{AccessKey, EcPublicKey, Incarnation, KemPublicKey, RegistrationId, Signature};
 
 const KIND_EC: i64 = 1;
 const KIND_KEM: i64 = 2;
@@ -119,6 +119,7 @@ async fn add_device_locked(
     aci: Aci,
     device: &NewDevice,
     max_devices: u32,
+    reuse_after: i64,
 ) -> StoreResult<Result<DeviceId, AddDeviceError>> {
     let ids: Vec<i64> = sqlx::query_scalar(
         "SELECT d.device_id FROM accounts a JOIN devices d ON d.aci = a.aci WHERE a.aci = ? ORDER BY d.device_id",
@@ -132,16 +133,24 @@ async fn add_device_locked(
     if ids.len() >= max_devices as usize {
         return Ok(Err(AddDeviceError::TooManyDevices));
     }
-    let Some(id) = (2..=i64::from(DeviceId::MAX)).find(|n| !ids.contains(n)) else {
+    let resting: Vec<i64> =
+        sqlx::query_scalar("SELECT device_id FROM removed_devices WHERE aci = ? AND removed_at > ?")
+            .bind(aci_text(aci))
+            .bind(reuse_after)
+            .fetch_all(&mut **conn)
+            .await?;
+    let Some(id) = (2..=i64::from(DeviceId::MAX)).find(|n| !ids.contains(n) && !resting.contains(n)) else {
         return Ok(Err(AddDeviceError::TooManyDevices));
     };
     sqlx::query(
-        "INSERT INTO devices (aci, device_id, registration_id, secret_salt, secret_hash, name, created_at, last_seen_day)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO devices (aci, device_id, registration_id, incarnation, secret_salt, secret_hash, name, created_at,
+                              last_seen_day)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(aci_text(aci))
     .bind(id)
     .bind(i64::from(device.registration_id.0))
+    .bind(device.incarnation.0)
     .bind(&device.secret_salt[..])
     .bind(&device.secret_hash[..])
     .bind(device.name.as_deref())
@@ -180,11 +189,13 @@ impl AccountStore for Sqlite {
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-            "INSERT INTO devices (aci, device_id, registration_id, secret_salt, secret_hash, created_at, last_seen_day)
-             VALUES (?, 1, ?, ?, ?, ?, ?)",
+            "INSERT INTO devices (aci, device_id, registration_id, incarnation, secret_salt, secret_hash, created_at,
+                                  last_seen_day)
+             VALUES (?, 1, ?, ?, ?, ?, ?, ?)",
         )
         .bind(aci_text(account.aci))
         .bind(i64::from(account.registration_id.0))
+        .bind(account.incarnation.0)
         .bind(&account.secret_salt[..])
         .bind(&account.secret_hash[..])
         .bind(account.created_at)
@@ -209,10 +220,11 @@ impl AccountStore for Sqlite {
         aci: Aci,
         device: &NewDevice,
         max_devices: u32,
+        reuse_after: i64,
     ) -> StoreResult<Result<DeviceId, AddDeviceError>> {
         // BEGIN IMMEDIATE takes the write lock before reading, so the count cannot change under us.
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let result = add_device_locked(&mut tx, aci, device, max_devices).await?;
+        let result = add_device_locked(&mut tx, aci, device, max_devices, reuse_after).await?;
         if result.is_ok() {
             tx.commit().await?;
         }
@@ -251,7 +263,7 @@ impl AccountStore for Sqlite {
 
     async fn device_credentials(&self, aci: Aci, device: DeviceId) -> StoreResult<Option<DeviceCredentials>> {
         let row = sqlx::query(
-            "SELECT d.secret_salt, d.secret_hash, a.approved FROM devices d JOIN accounts a ON a.aci = d.aci
+            "SELECT d.incarnation, d.secret_salt, d.secret_hash, a.approved FROM devices d JOIN accounts a ON a.aci = d.aci
              WHERE d.aci = ? AND d.device_id = ?",
         )
         .bind(aci_text(aci))
@@ -260,6 +272,7 @@ impl AccountStore for Sqlite {
         .await?;
         row.map(|row| {
             Ok(DeviceCredentials {
+                incarnation: Incarnation(row.try_get("incarnation")?),
                 secret_salt: row.try_get("secret_salt")?,
                 secret_hash: row.try_get("secret_hash")?,
                 approved: row.try_get("approved")?,
@@ -281,7 +294,8 @@ impl AccountStore for Sqlite {
 
     async fn devices(&self, aci: Aci) -> StoreResult<Vec<Device>> {
         let rows = sqlx::query(
-            "SELECT device_id, registration_id, created_at, last_seen_day, name FROM devices WHERE aci = ? ORDER BY device_id",
+            "SELECT device_id, registration_id, incarnation, created_at, last_seen_day, name FROM devices
+             WHERE aci = ? ORDER BY device_id",
         )
         .bind(aci_text(aci))
         .fetch_all(&self.reader)
@@ -291,6 +305,7 @@ impl AccountStore for Sqlite {
                 Ok(Device {
                     id: DeviceId(row.try_get::<i64, _>("device_id")? as u32),
                     registration_id: registration_id(row.try_get("registration_id")?)?,
+                    incarnation: Incarnation(row.try_get("incarnation")?),
                     created_at: row.try_get("created_at")?,
                     last_seen_day: row.try_get("last_seen_day")?,
                     name: row.try_get("name")?,
@@ -299,12 +314,25 @@ impl AccountStore for Sqlite {
             .collect()
     }
 
-    async fn delete_device(&self, aci: Aci, device: DeviceId) -> StoreResult<bool> {
+    async fn delete_device(&self, aci: Aci, device: DeviceId, now: i64) -> StoreResult<bool> {
+        let mut tx = self.writer.begin().await?;
         let done = sqlx::query("DELETE FROM devices WHERE aci = ? AND device_id = ?")
             .bind(aci_text(aci))
             .bind(i64::from(device.0))
-            .execute(&self.writer)
+            .execute(&mut *tx)
             .await?;
+        if done.rows_affected() == 1 {
+            sqlx::query(
+                "INSERT INTO removed_devices (aci, device_id, removed_at) VALUES (?, ?, ?)
+                 ON CONFLICT (aci, device_id) DO UPDATE SET removed_at = excluded.removed_at",
+            )
+            .bind(aci_text(aci))
+            .bind(i64::from(device.0))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -431,9 +459,15 @@ impl MessageQueue for Sqlite {
     async fn push(
         &self,
         aci: Aci,
-        items: &[(DeviceId, NewEnvelope)],
+        items: &[(Recipient, NewEnvelope)],
         max_len: u32,
-    ) -> StoreResult<Result<Pushed, QueueFull>> {
+        bucket: Option<&RateBucket>,
+    ) -> StoreResult<PushOutcome> {
+        if let Some(bucket) = bucket
+            && let Err(wait) = self.limits.take(bucket.name, &bucket.key, &bucket.limit).await?
+        {
+            return Ok(PushOutcome::Limited(wait));
+        }
         let op = |reply| WriteOp::Push { aci, items: items.to_vec(), max_len, reply };
         self.batched(op).await
     }
@@ -470,22 +504,6 @@ impl MessageQueue for Sqlite {
             .collect()
     }
 
-    async fn push_limited(
-        &self,
-        aci: Aci,
-        items: &[(DeviceId, NewEnvelope)],
-        max_len: u32,
-        bucket: &RateBucket,
-    ) -> StoreResult<PushOutcome> {
-        if let Err(wait) = self.limits.take(bucket.name, &bucket.key, &bucket.limit).await? {
-            return Ok(PushOutcome::Limited(wait));
-        }
-        Ok(match self.push(aci, items, max_len).await? {
-            Ok(pushed) => PushOutcome::Queued(pushed),
-            Err(full) => PushOutcome::Full(full),
-        })
-    }
-
     async fn ack(&self, aci: Aci, device: DeviceId, guid: [u8; 16]) -> StoreResult<bool> {
         Ok(self.ack_many(aci, device, &[guid]).await? == 1)
     }
@@ -495,10 +513,12 @@ impl MessageQueue for Sqlite {
         self.batched(|reply| WriteOp::Ack { aci, device, guids, reply }).await
     }
 
-    async fn remove_device(&self, aci: Aci, device: DeviceId) -> StoreResult<()> {
+    async fn remove_device(&self, aci: Aci, device: Recipient) -> StoreResult<()> {
+        // Later pushes check the device row inside the writer's transaction, so once the row is gone
+        // nothing more can be queued for it.
         sqlx::query("DELETE FROM messages WHERE aci = ? AND device_id = ?")
             .bind(aci_text(aci))
-            .bind(i64::from(device.0))
+            .bind(i64::from(device.device.0))
             .execute(&self.writer)
             .await?;
         Ok(())
@@ -713,14 +733,14 @@ type Reply<T> = tokio::sync::oneshot::Sender<StoreResult<T>>;
 
 /// One per-message write for the batch writer, with where to send its result.
 enum WriteOp {
-    Push { aci: Aci, items: Vec<(DeviceId, NewEnvelope)>, max_len: u32, reply: Reply<Result<Pushed, QueueFull>> },
+    Push { aci: Aci, items: Vec<(Recipient, NewEnvelope)>, max_len: u32, reply: Reply<PushOutcome> },
     Ack { aci: Aci, device: DeviceId, guids: Vec<[u8; 16]>, reply: Reply<u64> },
     Claim { aci: Aci, device: DeviceId, reply: Reply<(Option<EcOneTimeKey>, Option<SignedKemKey>)> },
 }
 
 /// The result of one op inside a transaction that is not committed yet.
 enum Applied {
-    Push(Result<Pushed, QueueFull>),
+    Push(PushOutcome),
     Ack(u64),
     Claim((Option<EcOneTimeKey>, Option<SignedKemKey>)),
 }
@@ -843,13 +863,27 @@ async fn apply_batch(pool: &SqlitePool, ops: &[WriteOp], lengths: &mut QueueLeng
 async fn push_in(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     aci: Aci,
-    items: &[(DeviceId, NewEnvelope)],
+    items: &[(Recipient, NewEnvelope)],
     max_len: u32,
     lengths: &mut QueueLengths,
-) -> StoreResult<Result<Pushed, QueueFull>> {
+) -> StoreResult<PushOutcome> {
     let now = crate::domain::now_millis();
     let max = i64::from(max_len);
-    for (device, _) in items {
+    for (recipient, _) in items {
+        // A device removed (or replaced) since the sender looked: refuse rather than fail on the foreign
+        // key, or worse, queue for a successor.
+        let incarnation: Option<i64> =
+            sqlx::query_scalar("SELECT incarnation FROM devices WHERE aci = ? AND device_id = ?")
+                .bind(aci_text(aci))
+                .bind(i64::from(recipient.device.0))
+                .fetch_optional(&mut **tx)
+                .await?;
+        if incarnation != Some(recipient.incarnation.0) {
+            return Ok(PushOutcome::Gone(recipient.device));
+        }
+    }
+    for (recipient, _) in items {
+        let device = &recipient.device;
         let key = (aci, *device);
         let queued = match lengths.get(&key) {
             Some(known) if known < max => known,
@@ -868,25 +902,25 @@ async fn push_in(
             }
         };
         if queued >= max {
-            return Ok(Err(QueueFull(*device)));
+            return Ok(PushOutcome::Full(*device));
         }
     }
-    for (device, _) in items {
-        let key = (aci, *device);
+    for (recipient, _) in items {
+        let key = (aci, recipient.device);
         let length = lengths.get(&key).unwrap_or(0);
         lengths.pending.insert(key, length + 1);
     }
-    for (device, item) in items {
+    for (recipient, item) in items {
         sqlx::query("INSERT INTO messages (aci, device_id, guid, expires_at, envelope) VALUES (?, ?, ?, ?, ?)")
             .bind(aci_text(aci))
-            .bind(i64::from(device.0))
+            .bind(i64::from(recipient.device.0))
             .bind(&item.guid[..])
             .bind(item.expires_at)
             .bind(&item.envelope)
             .execute(&mut **tx)
             .await?;
     }
-    Ok(Ok(Pushed { notified: false }))
+    Ok(PushOutcome::Queued(Pushed { notified: false }))
 }
 
 async fn claim_in(

@@ -19,7 +19,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::config::{Backend, Config, RateLimit};
-use crate::domain::{AccessKey, Aci, DeviceId, EcPublicKey, KemPublicKey, RegistrationId, Signature};
+use crate::domain::{AccessKey, Aci, DeviceId, EcPublicKey, Incarnation, KemPublicKey, RegistrationId, Signature};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -42,6 +42,8 @@ pub struct NewAccount {
     pub aci: Aci,
     pub identity_key: EcPublicKey,
     pub registration_id: RegistrationId,
+    /// Incarnation of the primary device.
+    pub incarnation: Incarnation,
     pub secret_salt: [u8; 16],
     pub secret_hash: [u8; 32],
     pub approved: bool,
@@ -57,6 +59,7 @@ pub enum CreateAccountError {
 /// A device being linked to an existing account.
 pub struct NewDevice {
     pub registration_id: RegistrationId,
+    pub incarnation: Incarnation,
     pub secret_salt: [u8; 16],
     pub secret_hash: [u8; 32],
     /// Client-encrypted device name; opaque to the server.
@@ -83,6 +86,7 @@ pub struct Account {
 /// What token issuance needs to check a device secret.
 #[derive(Debug, Clone)]
 pub struct DeviceCredentials {
+    pub incarnation: Incarnation,
     pub secret_salt: Vec<u8>,
     pub secret_hash: Vec<u8>,
     pub approved: bool,
@@ -92,6 +96,7 @@ pub struct DeviceCredentials {
 pub struct Device {
     pub id: DeviceId,
     pub registration_id: RegistrationId,
+    pub incarnation: Incarnation,
     pub created_at: i64,
     /// Start of the UTC day the device last obtained a token.
     pub last_seen_day: i64,
@@ -112,12 +117,14 @@ pub trait AccountStore: Send + Sync {
     ) -> StoreResult<Result<(), CreateAccountError>>;
     async fn create_invite(&self, code_hash: [u8; 32], expires_at: i64) -> StoreResult<()>;
     /// Adds a device with the smallest free id, unless the account already has `max_devices`; serialised
-    /// per account so two concurrent links cannot both take the last place.
+    /// per account so two concurrent links cannot both take the last place. An id whose device was removed
+    /// after `reuse_after` (milliseconds) is not free yet: a token of the removed device may still be alive.
     async fn add_device(
         &self,
         aci: Aci,
         device: &NewDevice,
         max_devices: u32,
+        reuse_after: i64,
     ) -> StoreResult<Result<DeviceId, AddDeviceError>>;
     /// Marks an account approved; false when there is no such account.
     async fn approve(&self, aci: Aci) -> StoreResult<bool>;
@@ -125,8 +132,9 @@ pub trait AccountStore: Send + Sync {
     async fn device_credentials(&self, aci: Aci, device: DeviceId) -> StoreResult<Option<DeviceCredentials>>;
     async fn touch_device(&self, aci: Aci, device: DeviceId, day: i64) -> StoreResult<()>;
     async fn devices(&self, aci: Aci) -> StoreResult<Vec<Device>>;
-    /// Removes a device and its durable keys; false when it did not exist.
-    async fn delete_device(&self, aci: Aci, device: DeviceId) -> StoreResult<bool>;
+    /// Removes a device and its durable keys and notes when its id was given up; false when it did not
+    /// exist.
+    async fn delete_device(&self, aci: Aci, device: DeviceId, now: i64) -> StoreResult<bool>;
     /// Removes the account and everything durable that belongs to it.
     async fn delete_account(&self, aci: Aci) -> StoreResult<bool>;
     async fn set_access(&self, aci: Aci, key: Option<AccessKey>, unrestricted: bool) -> StoreResult<bool>;
@@ -243,39 +251,39 @@ pub struct RateBucket {
     pub limit: RateLimit,
 }
 
-/// What a rate-limited push did.
+/// A device an envelope is queued for, in the incarnation the sender's view of the account names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Recipient {
+    pub device: DeviceId,
+    pub incarnation: Incarnation,
+}
+
+/// What a push did. Every outcome but `Queued` queued nothing for any device.
 #[derive(Debug, PartialEq, Eq)]
 pub enum PushOutcome {
     Queued(Pushed),
-    Full(QueueFull),
-    /// The bucket was empty: nothing was queued; a token is due after this long.
+    /// This device's queue already holds the most envelopes allowed.
+    Full(DeviceId),
+    /// This device, in the incarnation named, has been removed (the sender's view was stale).
+    Gone(DeviceId),
+    /// The bucket was empty; a token is due after this long.
     Limited(Duration),
 }
-
-/// A queue that was full, so nothing was queued.
-#[derive(Debug, PartialEq, Eq)]
-pub struct QueueFull(pub DeviceId);
 
 /// Per-device envelope queues with a TTL. An envelope stays until acknowledged or expired; expired ones are
 /// never returned.
 #[async_trait]
 pub trait MessageQueue: Send + Sync {
-    /// Appends one envelope per listed device of `aci`. Refuses (queuing nothing) when a queue already holds
-    /// `max_len` envelopes.
+    /// Appends one envelope per listed device of `aci`, all or nothing: with a `bucket`, first takes one
+    /// token from it (one storage round trip for a whole send); refuses when a queue already holds
+    /// `max_len` envelopes, or when a listed device (in that incarnation) has been removed, so nothing
+    /// meant for a removed device can ever reach a later device with the same id.
     async fn push(
         &self,
         aci: Aci,
-        items: &[(DeviceId, NewEnvelope)],
+        items: &[(Recipient, NewEnvelope)],
         max_len: u32,
-    ) -> StoreResult<Result<Pushed, QueueFull>>;
-    /// Takes one token from `bucket`, then pushes as [`MessageQueue::push`] does; on an empty bucket
-    /// nothing is queued. One step, so a send costs one storage round trip.
-    async fn push_limited(
-        &self,
-        aci: Aci,
-        items: &[(DeviceId, NewEnvelope)],
-        max_len: u32,
-        bucket: &RateBucket,
+        bucket: Option<&RateBucket>,
     ) -> StoreResult<PushOutcome>;
     /// Up to `limit` unexpired envelopes with `seq > after`, oldest first.
     async fn peek(
@@ -290,7 +298,8 @@ pub trait MessageQueue: Send + Sync {
     async fn ack(&self, aci: Aci, device: DeviceId, guid: [u8; 16]) -> StoreResult<bool>;
     /// Deletes several envelopes in one storage call; returns how many were there.
     async fn ack_many(&self, aci: Aci, device: DeviceId, guids: &[[u8; 16]]) -> StoreResult<u64>;
-    async fn remove_device(&self, aci: Aci, device: DeviceId) -> StoreResult<()>;
+    /// Deletes the device's queue; later pushes naming this incarnation are refused as `Gone`.
+    async fn remove_device(&self, aci: Aci, device: Recipient) -> StoreResult<()>;
     /// Removes account-wide queue state once the account is gone (its devices are removed one by one).
     async fn remove_account(&self, _aci: Aci) -> StoreResult<()> {
         Ok(())

@@ -17,7 +17,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgPool, Row};
 
 use super::*;
-use crate::domain::{AccessKey, EcPublicKey, KemPublicKey, RegistrationId, Signature};
+use crate::domain::{AccessKey, EcPublicKey, Incarnation, KemPublicKey, RegistrationId, Signature};
 
 const KIND_EC: i16 = 1;
 const KIND_KEM: i16 = 2;
@@ -124,11 +124,13 @@ impl AccountStore for Postgres {
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-            "INSERT INTO devices (aci, device_id, registration_id, secret_salt, secret_hash, created_at, last_seen_day)
-             VALUES ($1, 1, $2, $3, $4, $5, $6)",
+            "INSERT INTO devices (aci, device_id, registration_id, incarnation, secret_salt, secret_hash, created_at,
+                                  last_seen_day)
+             VALUES ($1, 1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(account.aci.0)
         .bind(i32::from(account.registration_id.0))
+        .bind(account.incarnation.0)
         .bind(&account.secret_salt[..])
         .bind(&account.secret_hash[..])
         .bind(account.created_at)
@@ -153,6 +155,7 @@ impl AccountStore for Postgres {
         aci: Aci,
         device: &NewDevice,
         max_devices: u32,
+        reuse_after: i64,
     ) -> StoreResult<Result<DeviceId, AddDeviceError>> {
         let mut tx = self.pool.begin().await?;
         // Locking the account row serialises concurrent links of one account.
@@ -168,16 +171,24 @@ impl AccountStore for Postgres {
         if ids.len() >= max_devices as usize {
             return Ok(Err(AddDeviceError::TooManyDevices));
         }
-        let Some(id) = (2..=DeviceId::MAX as i32).find(|n| !ids.contains(n)) else {
+        let resting: Vec<i32> =
+            sqlx::query_scalar("SELECT device_id FROM removed_devices WHERE aci = $1 AND removed_at > $2")
+                .bind(aci.0)
+                .bind(reuse_after)
+                .fetch_all(&mut *tx)
+                .await?;
+        let Some(id) = (2..=DeviceId::MAX as i32).find(|n| !ids.contains(n) && !resting.contains(n)) else {
             return Ok(Err(AddDeviceError::TooManyDevices));
         };
         sqlx::query(
-            "INSERT INTO devices (aci, device_id, registration_id, secret_salt, secret_hash, name, created_at, last_seen_day)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO devices (aci, device_id, registration_id, incarnation, secret_salt, secret_hash, name, created_at,
+                                  last_seen_day)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(aci.0)
         .bind(id)
         .bind(i32::from(device.registration_id.0))
+        .bind(device.incarnation.0)
         .bind(&device.secret_salt[..])
         .bind(&device.secret_hash[..])
         .bind(device.name.as_deref())
@@ -219,7 +230,7 @@ impl AccountStore for Postgres {
 
     async fn device_credentials(&self, aci: Aci, device: DeviceId) -> StoreResult<Option<DeviceCredentials>> {
         let row = sqlx::query(
-            "SELECT d.secret_salt, d.secret_hash, a.approved FROM devices d JOIN accounts a ON a.aci = d.aci
+            "SELECT d.incarnation, d.secret_salt, d.secret_hash, a.approved FROM devices d JOIN accounts a ON a.aci = d.aci
              WHERE d.aci = $1 AND d.device_id = $2",
         )
         .bind(aci.0)
@@ -228,6 +239,7 @@ impl AccountStore for Postgres {
         .await?;
         row.map(|row| {
             Ok(DeviceCredentials {
+                incarnation: Incarnation(row.try_get("incarnation")?),
                 secret_salt: row.try_get("secret_salt")?,
                 secret_hash: row.try_get("secret_hash")?,
                 approved: row.try_get("approved")?,
@@ -248,7 +260,8 @@ impl AccountStore for Postgres {
 
     async fn devices(&self, aci: Aci) -> StoreResult<Vec<Device>> {
         let rows = sqlx::query(
-            "SELECT device_id, registration_id, created_at, last_seen_day, name FROM devices WHERE aci = $1 ORDER BY device_id",
+            "SELECT device_id, registration_id, incarnation, created_at, last_seen_day, name FROM devices
+             WHERE aci = $1 ORDER BY device_id",
         )
         .bind(aci.0)
         .fetch_all(&self.pool)
@@ -258,6 +271,7 @@ impl AccountStore for Postgres {
                 Ok(Device {
                     id: DeviceId(row.try_get::<i32, _>("device_id")? as u32),
                     registration_id: registration_id(row.try_get("registration_id")?)?,
+                    incarnation: Incarnation(row.try_get("incarnation")?),
                     created_at: row.try_get("created_at")?,
                     last_seen_day: row.try_get("last_seen_day")?,
                     name: row.try_get("name")?,
@@ -266,12 +280,25 @@ impl AccountStore for Postgres {
             .collect()
     }
 
-    async fn delete_device(&self, aci: Aci, device: DeviceId) -> StoreResult<bool> {
+    async fn delete_device(&self, aci: Aci, device: DeviceId, now: i64) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query("DELETE FROM devices WHERE aci = $1 AND device_id = $2")
             .bind(aci.0)
             .bind(device_param(device))
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        if done.rows_affected() == 1 {
+            sqlx::query(
+                "INSERT INTO removed_devices (aci, device_id, removed_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (aci, device_id) DO UPDATE SET removed_at = EXCLUDED.removed_at",
+            )
+            .bind(aci.0)
+            .bind(device_param(device))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -417,6 +444,7 @@ pub struct Redis {
     push: Script,
     peek: Script,
     ack: Script,
+    remove_queue: Script,
 }
 
 /// Pops one key from each pool of a device in one round trip. Each LPOP is atomic, so a key is never
@@ -470,16 +498,20 @@ return take_token(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
 /// queues for every device of the recipient atomically, and publishes the wake-up on each device's bus
 /// channel: one round trip per send.
 ///
-/// KEYS: counter, rate bucket (ignored when ARGV[4] is empty), then (zset, index) per device.
+/// KEYS: counter, rate bucket (ignored when ARGV[4] is empty), then (zset, index, removal mark) per device.
 /// ARGV: max length, queue ttl ms, counter ttl ms, bucket capacity (or ''), refill per ms, bucket ttl ms,
 /// then (member, guid, channel) per device, then the wake-up payload.
-/// Returns {0, 0} when queued, {1, wait ms} when rate limited, {2, i} when the i-th device's queue is full
-/// (nothing queued). A queue at its limit is first purged of expired envelopes (members start with their
-/// big-endian expiry), so expired envelopes never make a sender see `queue_full`.
+/// Returns {0, 0} when queued, {1, wait ms} when rate limited, {2, i} when the i-th device's queue is full,
+/// {3, i} when the i-th device (in the incarnation its removal mark names) was removed; in every case but
+/// the first nothing is queued. A queue at its limit is first purged of expired envelopes (members start
+/// with their big-endian expiry), so expired envelopes never make a sender see `queue_full`.
 const PUSH_LUA: &str = r#"
 local max = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
-local n = (#KEYS - 2) / 2
+local n = (#KEYS - 2) / 3
+for i = 1, n do
+  if redis.call('EXISTS', KEYS[2 + 3 * i]) == 1 then return {3, i} end
+end
 if ARGV[4] ~= '' then
   local wait = take_token(KEYS[2], ARGV[4], ARGV[5], ARGV[6])
   if wait > 0 then return {1, wait} end
@@ -497,18 +529,18 @@ local function purge_expired(zkey, ikey)
   end
 end
 for i = 1, n do
-  if redis.call('ZCARD', KEYS[1 + 2 * i]) >= max then
-    purge_expired(KEYS[1 + 2 * i], KEYS[2 + 2 * i])
-    if redis.call('ZCARD', KEYS[1 + 2 * i]) >= max then return {2, i} end
+  if redis.call('ZCARD', KEYS[3 * i]) >= max then
+    purge_expired(KEYS[3 * i], KEYS[1 + 3 * i])
+    if redis.call('ZCARD', KEYS[3 * i]) >= max then return {2, i} end
   end
 end
 for i = 1, n do
   local seq = redis.call('INCR', KEYS[1])
-  redis.call('ZADD', KEYS[1 + 2 * i], seq, ARGV[4 + 3 * i])
-  redis.call('HSET', KEYS[2 + 2 * i], ARGV[5 + 3 * i], seq)
-  if redis.call('PTTL', KEYS[1 + 2 * i]) < ttl then
-    redis.call('PEXPIRE', KEYS[1 + 2 * i], ttl)
-    redis.call('PEXPIRE', KEYS[2 + 2 * i], ttl)
+  redis.call('ZADD', KEYS[3 * i], seq, ARGV[4 + 3 * i])
+  redis.call('HSET', KEYS[1 + 3 * i], ARGV[5 + 3 * i], seq)
+  if redis.call('PTTL', KEYS[3 * i]) < ttl then
+    redis.call('PEXPIRE', KEYS[3 * i], ttl)
+    redis.call('PEXPIRE', KEYS[1 + 3 * i], ttl)
   end
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
@@ -536,6 +568,37 @@ end
 return deleted
 "#;
 
+/// Deletes a removed device's queue (KEYS 1, 2) and marks it removed (KEYS 3) in one step, so a push either
+/// ran before (and its envelopes are deleted here) or runs after (and sees the mark). The mark outlives
+/// any stale view of the account a sender could still act on.
+const REMOVE_QUEUE_LUA: &str = r#"
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('SET', KEYS[3], '1', 'PX', 86400000)
+return 1
+"#;
+
+/// A short word whose cluster slot is the one of `{aci}`, so a key can share the slot of an account's keys
+/// without naming the account. The words are the decimal numbers, first found for each of the 16384 slots.
+fn slot_tag(aci: Aci) -> &'static str {
+    static TAGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let tags = TAGS.get_or_init(|| {
+        let mut tags = vec![String::new(); 16384];
+        let mut missing = tags.len();
+        let mut n: u64 = 0;
+        while missing > 0 {
+            let word = n.to_string();
+            let slot = usize::from(fred::util::redis_keyslot(word.as_bytes()));
+            if tags[slot].is_empty() {
+                tags[slot] = word;
+                missing -= 1;
+            }
+            n += 1;
+        }
+        tags
+    });
+    &tags[usize::from(fred::util::redis_keyslot(aci.to_string().as_bytes()))]
+}
+
 impl Redis {
     fn queue_counter(&self, aci: Aci) -> String {
         format!("{}q:{{{aci}}}:seq", self.prefix)
@@ -544,6 +607,11 @@ impl Redis {
     fn queue_keys(&self, aci: Aci, device: DeviceId) -> [String; 2] {
         let base = format!("{}q:{{{aci}}}:{device}", self.prefix);
         [format!("{base}:z"), format!("{base}:i")]
+    }
+
+    /// Set when a device is removed, and checked by every push that names that device and incarnation.
+    fn removal_mark(&self, aci: Aci, recipient: Recipient) -> String {
+        format!("{}q:{{{aci}}}:{}:gone:{}", self.prefix, recipient.device, recipient.incarnation.0)
     }
 
     pub async fn connect(url: &str, prefix: &str) -> StoreResult<Self> {
@@ -564,6 +632,7 @@ impl Redis {
             push: Script::from_lua(format!("{TOKEN_BUCKET_LUA}{PUSH_LUA}")),
             peek: Script::from_lua(PEEK_LUA),
             ack: Script::from_lua(ACK_LUA),
+            remove_queue: Script::from_lua(REMOVE_QUEUE_LUA),
         })
     }
 
@@ -694,24 +763,11 @@ impl MessageQueue for Redis {
     async fn push(
         &self,
         aci: Aci,
-        items: &[(DeviceId, NewEnvelope)],
+        items: &[(Recipient, NewEnvelope)],
         max_len: u32,
-    ) -> StoreResult<Result<Pushed, QueueFull>> {
-        match self.push_script(aci, items, max_len, None).await? {
-            PushOutcome::Queued(pushed) => Ok(Ok(pushed)),
-            PushOutcome::Full(full) => Ok(Err(full)),
-            PushOutcome::Limited(_) => Err(StoreError::Corrupt("push without a bucket was rate limited")),
-        }
-    }
-
-    async fn push_limited(
-        &self,
-        aci: Aci,
-        items: &[(DeviceId, NewEnvelope)],
-        max_len: u32,
-        bucket: &RateBucket,
+        bucket: Option<&RateBucket>,
     ) -> StoreResult<PushOutcome> {
-        self.push_script(aci, items, max_len, Some(bucket)).await
+        self.push_script(aci, items, max_len, bucket).await
     }
 
     async fn peek(
@@ -758,10 +814,10 @@ impl MessageQueue for Redis {
         Ok(removed.max(0) as u64)
     }
 
-    async fn remove_device(&self, aci: Aci, device: DeviceId) -> StoreResult<()> {
-        for key in self.queue_keys(aci, device) {
-            let _: i64 = self.pool.del(key).await?;
-        }
+    async fn remove_device(&self, aci: Aci, device: Recipient) -> StoreResult<()> {
+        let [zset, index] = self.queue_keys(aci, device.device);
+        let mark = self.removal_mark(aci, device);
+        let _: i64 = self.remove_queue.evalsha_with_reload(self.pool.next(), vec![zset, index, mark], ()).await?;
         Ok(())
     }
 
@@ -779,15 +835,18 @@ impl Redis {
     async fn push_script(
         &self,
         aci: Aci,
-        items: &[(DeviceId, NewEnvelope)],
+        items: &[(Recipient, NewEnvelope)],
         max_len: u32,
         bucket: Option<&RateBucket>,
     ) -> StoreResult<PushOutcome> {
         let now = crate::domain::now_millis();
         let ttl = items.iter().map(|(_, e)| e.expires_at - now).max().unwrap_or(1).max(1);
-        // The bucket carries the recipient's hash tag so the script's keys stay in one cluster slot.
+        // The bucket must sit in the recipient's cluster slot so one script can touch it and the queues,
+        // but its name must not carry the recipient's aci: its hash tag is a neutral word of that slot.
         let rate_key = match bucket {
-            Some(bucket) => format!("{}rl:{}:{{{aci}}}:{}", self.prefix, bucket.name, hex(&bucket.key)),
+            Some(bucket) => {
+                format!("{}rl:{}:{{{}}}:{}", self.prefix, bucket.name, slot_tag(aci), hex(&bucket.key))
+            }
             None => self.queue_counter(aci),
         };
         let mut keys = vec![self.queue_counter(aci), rate_key];
@@ -799,24 +858,26 @@ impl Redis {
             }
             None => args.extend(["".into(), "".into(), "".into()]),
         }
-        for (device, item) in items {
-            keys.extend(self.queue_keys(aci, *device));
+        for (recipient, item) in items {
+            keys.extend(self.queue_keys(aci, recipient.device));
+            keys.push(self.removal_mark(aci, *recipient));
             let mut member = Vec::with_capacity(24 + item.envelope.len());
             member.extend_from_slice(&item.expires_at.to_be_bytes());
             member.extend_from_slice(&item.guid);
             member.extend_from_slice(&item.envelope);
             args.push(RedisValue::Bytes(member.into()));
             args.push(RedisValue::Bytes(item.guid.to_vec().into()));
-            args.push(device_channel(&self.prefix, aci, *device).into());
+            args.push(device_channel(&self.prefix, aci, recipient.device).into());
         }
         args.push(RedisValue::Bytes(BusEvent::Wake.encode().into()));
         let reply: Vec<i64> = self.push.evalsha_with_reload(self.pool.next(), keys, args).await?;
         match reply.as_slice() {
             [0, _] => Ok(PushOutcome::Queued(Pushed { notified: true })),
             [1, wait] => Ok(PushOutcome::Limited(Duration::from_millis((*wait).max(1) as u64))),
-            [2, index] => {
-                let device = items.get((*index - 1).max(0) as usize).map(|(d, _)| *d);
-                Ok(PushOutcome::Full(QueueFull(device.ok_or(StoreError::Corrupt("push reply"))?)))
+            [code @ (2 | 3), index] => {
+                let device = items.get((*index - 1).max(0) as usize).map(|(r, _)| r.device);
+                let device = device.ok_or(StoreError::Corrupt("push reply"))?;
+                Ok(if *code == 2 { PushOutcome::Full(device) } else { PushOutcome::Gone(device) })
             }
             _ => Err(StoreError::Corrupt("push reply")),
         }

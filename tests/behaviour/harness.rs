@@ -45,7 +45,7 @@ pub fn test_config(backend: Backend) -> Config {
         limit_registration_per_ip: limit("100000/1m"),
         limit_auth_per_ip: limit("100000/1m"),
         limit_prekey_fetch_per_requester: limit("100000/1m"),
-        limit_prekey_fetch_per_target: limit("100000/1m"),
+        limit_prekey_fetch_per_requester_target: limit("100000/1m"),
         shutdown_grace_seconds: 2,
         ..Config::default()
     };
@@ -241,10 +241,18 @@ impl TestServer {
 
     /// Adds a device to the user's account straight through storage (the linking flow is tested apart).
     pub async fn add_device(&self, user: &User, registration_id: u16) -> User {
+        let horizon = sealpost::accounts::linking::id_reuse_horizon(&self.config, sealpost::domain::now_millis());
+        self.add_device_reusing_ids_after(user, registration_id, horizon).await
+    }
+
+    /// As [`Self::add_device`], but an id given up after `reuse_after` (ms) may be handed out again: with
+    /// `now`, a removed device's id goes at once to the next device.
+    pub async fn add_device_reusing_ids_after(&self, user: &User, registration_id: u16, reuse_after: i64) -> User {
         let secret: [u8; 32] = sealpost::crypto::random_bytes();
         let salt = sealpost::crypto::new_salt();
         let device = sealpost::storage::NewDevice {
             registration_id: sealpost::domain::RegistrationId(registration_id),
+            incarnation: sealpost::domain::Incarnation::random(),
             secret_salt: salt,
             secret_hash: sealpost::crypto::hash_secret(&salt, &secret),
             name: None,
@@ -255,7 +263,7 @@ impl TestServer {
             .app
             .storage
             .accounts
-            .add_device(aci, &device, self.config.max_devices)
+            .add_device(aci, &device, self.config.max_devices, reuse_after)
             .await
             .expect("storage")
             .expect("device added");
@@ -330,16 +338,91 @@ pub async fn drop_schema(schema: &str) {
         .expect("drop schema");
 }
 
+/// Every node of the test Redis as a plain `redis://` URL: the one server, or each node of a cluster
+/// (`redis-cluster://host:port?node=host:port&…`), so a test can look at every key.
+pub fn redis_nodes() -> Vec<String> {
+    let url = redis_url();
+    let Some(rest) = url.strip_prefix("redis-cluster://") else { return vec![url] };
+    let (first, query) = rest.split_once('?').unwrap_or((rest, ""));
+    std::iter::once(first)
+        .chain(query.split('&').filter_map(|pair| pair.strip_prefix("node=")))
+        .map(|node| format!("redis://{}", node.trim_end_matches('/')))
+        .collect()
+}
+
+/// Runs `script` (KEYS ARGV[1] and whatever it does with them) on every node; returns what each returned.
+async fn on_every_node<T: fred::types::FromValue>(script: &str, pattern: &str) -> Vec<T> {
+    let mut out = Vec::new();
+    for node in redis_nodes() {
+        let config = fred::prelude::Config::from_url(&node).expect("redis url");
+        let client = fred::prelude::Builder::from_config(config).build().expect("redis client");
+        client.init().await.expect("redis");
+        // Test-only: KEYS is fine on a small test Redis.
+        out.push(client.eval(script, Vec::<String>::new(), vec![pattern.to_owned()]).await.expect("script"));
+        let _ = client.quit().await;
+    }
+    out
+}
+
+/// Every key matching `pattern`, on every node.
+pub async fn redis_keys(pattern: &str) -> Vec<String> {
+    on_every_node::<Vec<String>>("return redis.call('KEYS', ARGV[1])", pattern).await.concat()
+}
+
 pub async fn delete_prefix(prefix: &str) {
-    let client = fred::prelude::Builder::from_config(fred::prelude::Config::from_url(&redis_url()).expect("redis url"))
-        .build()
-        .expect("redis client");
-    client.init().await.expect("redis for cleanup");
-    // Test-only: KEYS is fine on a small, single-node test Redis.
     let script =
         "local keys = redis.call('KEYS', ARGV[1]) for _, k in ipairs(keys) do redis.call('DEL', k) end return #keys";
-    let _: Result<i64, _> = client.eval(script, Vec::<String>::new(), vec![format!("{prefix}*")]).await;
-    let _ = client.quit().await;
+    on_every_node::<i64>(script, &format!("{prefix}*")).await;
+}
+
+/// An answer read off a raw TCP exchange.
+#[derive(Debug)]
+pub struct RawReply {
+    pub status: u16,
+    pub head: String,
+    pub body: Value,
+}
+
+/// Sends `request` as raw bytes on a new connection and reads the answer, for requests no HTTP client
+/// would send (odd methods, malformed lines, duplicate headers).
+pub async fn raw_exchange(base: &str, request: &[u8]) -> RawReply {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.expect("connect");
+    // The server may answer and close before reading everything (a too-long head): ignore write errors.
+    let _ = stream.write_all(request).await;
+    let mut bytes = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        let mut buf = [0u8; 8192];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            }
+            if let Some(reply) = parse_raw(&bytes) {
+                return Some(reply);
+            }
+        }
+        parse_raw(&bytes)
+    })
+    .await;
+    read.ok().flatten().unwrap_or_else(|| panic!("no complete answer: {:?}", String::from_utf8_lossy(&bytes)))
+}
+
+fn parse_raw(bytes: &[u8]) -> Option<RawReply> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))?
+        .parse()
+        .ok()?;
+    if body.len() < length {
+        return None;
+    }
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    let body = if length == 0 { Value::Null } else { serde_json::from_str(&body[..length]).unwrap_or(Value::Null) };
+    Some(RawReply { status, head: head.to_owned(), body })
 }
 
 /// A registered device as a test client holds it.

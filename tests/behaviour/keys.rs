@@ -17,7 +17,7 @@ both_backends!(
     uploading_a_list_replaces_the_pool,
     fetch_authorisation_and_existence,
     wildcard_fetch_returns_every_device_with_keys,
-    fetch_is_rate_limited_per_requester_and_per_target,
+    fetch_is_rate_limited_per_requester_and_per_requester_target,
 );
 
 async fn counts(server: &TestServer, user: &User) -> (u64, u64) {
@@ -212,32 +212,41 @@ async fn wildcard_fetch_returns_every_device_with_keys(backend: Backend) {
     server.stop().await;
 }
 
-async fn fetch_is_rate_limited_per_requester_and_per_target(backend: Backend) {
+async fn fetch_is_rate_limited_per_requester_and_per_requester_target(backend: Backend) {
     let server = start_with(backend, |c| {
-        c.limit_prekey_fetch_per_requester = limit("3/1h");
-        c.limit_prekey_fetch_per_target = limit("5/1h");
+        c.limit_prekey_fetch_per_requester = limit("5/1h");
+        c.limit_prekey_fetch_per_requester_target = limit("2/1h");
     })
     .await;
     let bob = server.register().await;
     server.put("/v1/keys", bob.bearer(), full_upload(&bob.identity, 20)).await.expect(204);
-    let path = format!("/v1/keys/{}/1", bob.aci);
-
-    let alice = server.register().await;
-    for _ in 0..3 {
-        server.get(&path, alice.bearer()).await.expect(200);
-    }
-    let reply = server.get(&path, alice.bearer()).await;
-    reply.expect_error(429, "rate_limited");
-    assert!(reply.headers.contains_key("retry-after"));
-
-    // Other requesters still get through until the target's own limit (5) is spent.
     let carol = server.register().await;
-    server.get(&path, carol.bearer()).await.expect(200);
-    server.get(&path, carol.bearer()).await.expect(200);
-    let dave = server.register().await;
-    let reply = server.get(&path, dave.bearer()).await;
+    server.put("/v1/keys", carol.bearer(), full_upload(&carol.identity, 20)).await.expect(204);
+    let bob_path = format!("/v1/keys/{}/1", bob.aci);
+    let carol_path = format!("/v1/keys/{}/1", carol.aci);
+
+    // One requester and one target: two fetches, then 429.
+    let alice = server.register().await;
+    server.get(&bob_path, alice.bearer()).await.expect(200);
+    server.get(&bob_path, alice.bearer()).await.expect(200);
+    let reply = server.get(&bob_path, alice.bearer()).await;
     reply.expect_error(429, "rate_limited");
     assert!(reply.headers.contains_key("retry-after"));
-    assert_eq!(counts(&server, &bob).await, (15, 15), "refused fetches claimed nothing");
+    // The same requester and another target: the requester's own budget (5, of which the refused fetch
+    // took one too) still has room for two.
+    server.get(&carol_path, alice.bearer()).await.expect(200);
+    server.get(&carol_path, alice.bearer()).await.expect(200);
+    server.get(&carol_path, alice.bearer()).await.expect_error(429, "rate_limited");
+
+    // No requester can lock a target away from the others: after many requesters have fetched bob's
+    // bundle, a new one still gets it.
+    for _ in 0..6 {
+        let mallory = server.register().await;
+        server.get(&bob_path, mallory.bearer()).await.expect(200);
+        server.get(&bob_path, mallory.bearer()).await.expect(200);
+    }
+    let dave = server.register().await;
+    server.get(&bob_path, dave.bearer()).await.expect(200);
+    assert_eq!(counts(&server, &bob).await, (5, 5), "15 fetches claimed 15 keys of each kind; refused ones none");
     server.stop().await;
 }

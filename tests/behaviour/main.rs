@@ -4,6 +4,7 @@ mod harness;
 
 mod accounts;
 mod garbage;
+mod hardening;
 mod keys;
 mod linking;
 mod messages;

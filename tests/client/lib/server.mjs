@@ -172,7 +172,7 @@ export async function startServer(backend, { extraEnv = {}, env = process.env } 
       SEALPOST_DATA_DIR: dataDir,
       SEALPOST_LIMIT_REGISTRATION_PER_IP: '10000/1m',
       SEALPOST_LIMIT_PREKEY_FETCH_PER_REQUESTER: '100000/1m',
-      SEALPOST_LIMIT_PREKEY_FETCH_PER_TARGET: '100000/1m',
+      SEALPOST_LIMIT_PREKEY_FETCH_PER_REQUESTER_TARGET: '100000/1m',
       NO_COLOR: '1',
     },
     backendEnv(backend, env),
