@@ -90,6 +90,12 @@ if ! redis_up "$REDIS_URL"; then
 fi
 export SEALPOST_TEST_DATABASE_URL="$DB_URL" SEALPOST_TEST_REDIS_URL="$REDIS_URL"
 
+# The outage tests start, kill and freeze Redis and Postgres servers of their own.
+command -v redis-server >/dev/null && command -v redis-cli >/dev/null ||
+    fail "the outage tests need redis-server and redis-cli; install with: apt-get install -y redis-server"
+find_pg_bin initdb >/dev/null && find_pg_bin pg_ctl >/dev/null ||
+    fail "the outage tests need initdb and pg_ctl; install with: apt-get install -y postgresql"
+
 command -v node >/dev/null && command -v npm >/dev/null ||
     fail "Node.js is missing; install with: apt-get install -y nodejs npm"
 log "installing the Node test client's locked dependencies"

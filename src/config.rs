@@ -261,6 +261,10 @@ config_struct! {
     database_schema: Option<String> = "", "SEALPOST_DATABASE_SCHEMA", false;
     /// Maximum connections in the database pool.
     database_max_connections: u32 = "16", "SEALPOST_DATABASE_MAX_CONNECTIONS", false;
+    /// Milliseconds one call to a store (database, Redis) may take; a store that is down or does not answer in time makes the request fail fast with 503 `unavailable` and `Retry-After`.
+    store_timeout_ms: u64 = "2000", "SEALPOST_STORE_TIMEOUT_MS", false;
+    /// Seconds `serve` keeps retrying to reach the database and Redis at start-up before it gives up (0: give up at once).
+    store_startup_wait_seconds: u64 = "30", "SEALPOST_STORE_STARTUP_WAIT_SECONDS", false;
     /// Ephemeral store for scale-out: `redis://…` or `redis-cluster://host:port?node=host:port…`. Required with Postgres.
     redis_url: Option<String> = "", "SEALPOST_REDIS_URL", true;
     /// Prefix of every Redis key, so several deployments (or tests) can share one Redis.
@@ -462,6 +466,17 @@ impl Config {
         }
         if self.token_ttl_seconds == 0 {
             return Err(ConfigError("SEALPOST_TOKEN_TTL_SECONDS must be positive".into()));
+        }
+        if self.store_timeout_ms == 0 {
+            return Err(ConfigError("SEALPOST_STORE_TIMEOUT_MS must be positive".into()));
+        }
+        if let Backend::ScaleOut { database_url, redis_url } = self.backend() {
+            if let Err(err) = sqlx::postgres::PgConnectOptions::from_str(&database_url) {
+                return Err(ConfigError(format!("SEALPOST_DATABASE_URL is not a valid Postgres URL: {err}")));
+            }
+            if let Err(err) = fred::prelude::Config::from_url(&redis_url) {
+                return Err(ConfigError(format!("SEALPOST_REDIS_URL is not a valid Redis URL: {}", err.details())));
+            }
         }
         if self.ipv6_prefix_length > 128 {
             return Err(ConfigError("SEALPOST_IPV6_PREFIX_LENGTH must be 0..=128".into()));

@@ -81,6 +81,8 @@ pub enum ApiError {
     TooManyDevices,
     #[error("this endpoint is a WebSocket: send an upgrade request")]
     UpgradeRequired,
+    #[error("a storage service is unavailable; retry shortly")]
+    Unavailable(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -132,6 +134,7 @@ impl ApiError {
             InvalidVerificationCode => StatusCode::FORBIDDEN,
             TooManyDevices => StatusCode::CONFLICT,
             UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
+            Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -174,6 +177,7 @@ impl ApiError {
             InvalidVerificationCode => "invalid_verification_code",
             TooManyDevices => "too_many_devices",
             UpgradeRequired => "websocket_upgrade_required",
+            Unavailable(_) => "unavailable",
             Internal(_) => "internal_error",
         }
     }
@@ -181,9 +185,13 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
-        ApiError::Internal(err.to_string())
+        if err.is_unavailable() { ApiError::Unavailable(err.to_string()) } else { ApiError::Internal(err.to_string()) }
     }
 }
+
+/// Seconds a client is told to wait after a 503 `unavailable`: about how long a store takes to come back
+/// from a restart or failover, and short enough that queued sends are not held up for long.
+pub const UNAVAILABLE_RETRY_AFTER_SECONDS: u64 = 2;
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -193,6 +201,8 @@ impl IntoResponse for ApiError {
                 tracing::error!(error = %detail, "request failed");
                 "internal error".to_owned()
             }
+            // Logged once per outage by the store's health tracking, not once per request.
+            ApiError::Unavailable(_) => self.to_string(),
             other => other.to_string(),
         };
         let mut body =
@@ -206,11 +216,15 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         let mut response = (self.status(), axum::Json(body)).into_response();
-        if let ApiError::RateLimited(retry) = &self {
-            let secs = retry.as_secs() + u64::from(retry.subsec_nanos() > 0);
-            if let Ok(value) = HeaderValue::from_str(&secs.max(1).to_string()) {
-                response.headers_mut().insert(header::RETRY_AFTER, value);
-            }
+        let retry_after = match &self {
+            ApiError::RateLimited(retry) => Some(retry.as_secs() + u64::from(retry.subsec_nanos() > 0)),
+            ApiError::Unavailable(_) => Some(UNAVAILABLE_RETRY_AFTER_SECONDS),
+            _ => None,
+        };
+        if let Some(secs) = retry_after
+            && let Ok(value) = HeaderValue::from_str(&secs.max(1).to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
         }
         response
     }

@@ -25,10 +25,14 @@ pub fn start(storage: Storage, config: &Config, mut shutdown: tokio::sync::watch
                     metrics::counter!("sealpost_envelopes_expired_total").increment(count);
                     tracing::debug!(count, "reaped expired envelopes");
                 }
+                // An outage is logged once, where the store's health is tracked.
+                Err(err) if err.is_unavailable() => tracing::debug!(error = %err, "reaper skipped"),
                 Err(err) => tracing::warn!(error = %err, "reaper failed"),
             }
-            if let Err(err) = storage.accounts.reap_codes(crate::domain::now_millis()).await {
-                tracing::warn!(error = %err, "code reaper failed");
+            match storage.accounts.reap_codes(crate::domain::now_millis()).await {
+                Ok(_) => {}
+                Err(err) if err.is_unavailable() => tracing::debug!(error = %err, "code reaper skipped"),
+                Err(err) => tracing::warn!(error = %err, "code reaper failed"),
             }
         }
     });

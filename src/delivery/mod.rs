@@ -102,31 +102,40 @@ impl Hub {
                 entry.push((connection_id, sender));
                 entry.len() == 1
             };
-            if first {
-                self.bus.subscribe(aci, device).await?;
+            if first && let Err(err) = self.bus.subscribe(aci, device).await {
+                self.forget(aci, device, connection_id);
+                // Also drops the channel from those the bus resubscribes after a reconnect.
+                let _ = self.bus.unsubscribe(aci, device).await;
+                return Err(err);
             }
         }
-        self.bus.publish(aci, device, BusEvent::Displace(connection_id)).await?;
         metrics::gauge!("sealpost_websockets_open").increment(1.0);
+        if let Err(err) = self.bus.publish(aci, device, BusEvent::Displace(connection_id)).await {
+            self.unregister(aci, device, connection_id).await;
+            return Err(err);
+        }
         Ok(Registration { connection_id, events })
+    }
+
+    /// Removes one socket from the local map; true when it was the device's last here.
+    fn forget(&self, aci: Aci, device: DeviceId, connection_id: u64) -> bool {
+        let mut sockets = self.lock();
+        match sockets.get_mut(&(aci, device)) {
+            Some(entry) => {
+                entry.retain(|(id, _)| *id != connection_id);
+                let empty = entry.is_empty();
+                if empty {
+                    sockets.remove(&(aci, device));
+                }
+                empty
+            }
+            None => false,
+        }
     }
 
     pub async fn unregister(&self, aci: Aci, device: DeviceId, connection_id: u64) {
         let _guard = self.subscriptions.lock().await;
-        let last = {
-            let mut sockets = self.lock();
-            match sockets.get_mut(&(aci, device)) {
-                Some(entry) => {
-                    entry.retain(|(id, _)| *id != connection_id);
-                    let empty = entry.is_empty();
-                    if empty {
-                        sockets.remove(&(aci, device));
-                    }
-                    empty
-                }
-                None => false,
-            }
-        };
+        let last = self.forget(aci, device, connection_id);
         if last && let Err(err) = self.bus.unsubscribe(aci, device).await {
             tracing::warn!(error = %err, "bus unsubscribe failed");
         }
@@ -162,7 +171,10 @@ impl Hub {
         let address = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(crate::crypto::random_bytes::<16>());
         let (sender, receiver) = tokio::sync::oneshot::channel();
         self.provisioning.lock().unwrap_or_else(|p| p.into_inner()).insert(address.clone(), sender);
-        self.bus.subscribe_provisioning(&address).await?;
+        if let Err(err) = self.bus.subscribe_provisioning(&address).await {
+            self.unregister_provisioning(&address).await;
+            return Err(err);
+        }
         Ok((address, receiver))
     }
 

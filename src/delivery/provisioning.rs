@@ -35,11 +35,14 @@ async fn upgrade(
     }))
 }
 
-async fn run(app: Arc<App>, socket: WebSocket) -> Result<(), axum::Error> {
+async fn run(app: Arc<App>, mut socket: WebSocket) -> Result<(), axum::Error> {
     let (address, mut message) = match app.hub.register_provisioning().await {
         Ok(registered) => registered,
         Err(err) => {
-            tracing::warn!(error = %err, "cannot register a provisioning socket");
+            tracing::debug!(error = %err, "cannot register a provisioning socket");
+            let code = super::websocket::CLOSE_TRY_AGAIN_LATER;
+            let frame = CloseFrame { code, reason: "service unavailable; reconnect".into() };
+            let _ = socket.send(Message::Close(Some(frame))).await;
             return Ok(());
         }
     };

@@ -29,6 +29,9 @@ use crate::storage::BusEvent;
 /// Close codes.
 pub const CLOSE_DISPLACED: u16 = 4409;
 pub const CLOSE_REVOKED: u16 = 4401;
+/// A store the socket needs is unavailable: the client should reconnect after a short wait (RFC 6455's
+/// "try again later"), and will then be served from its queue, which lost nothing.
+pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 const CLOSE_NORMAL: u16 = 1000;
 const CLOSE_GOING_AWAY: u16 = 1001;
 const CLOSE_UNSUPPORTED: u16 = 1003;
@@ -99,8 +102,16 @@ struct Delivery {
     recheck: bool,
 }
 
-async fn run(app: Arc<App>, device: AuthedDevice, socket: WebSocket) -> Result<(), SocketError> {
-    let registration = app.hub.register(device.aci, device.device).await?;
+async fn run(app: Arc<App>, device: AuthedDevice, mut socket: WebSocket) -> Result<(), SocketError> {
+    let registration = match app.hub.register(device.aci, device.device).await {
+        Ok(registration) => registration,
+        Err(err) => {
+            tracing::debug!(error = %err, "cannot register a socket");
+            let frame = CloseFrame { code: CLOSE_TRY_AGAIN_LATER, reason: "service unavailable; reconnect".into() };
+            let _ = socket.send(Message::Close(Some(frame))).await;
+            return Ok(());
+        }
+    };
     let result = deliver(&app, device, socket, registration.connection_id, registration.events).await;
     app.hub.unregister(device.aci, device.device, registration.connection_id).await;
     result
@@ -128,6 +139,7 @@ async fn deliver(
     };
     let _ = connection_id;
 
+    let outcome = async {
     let ending = loop {
         if state.unread && state.in_flight.len() < window {
             let want = window - state.in_flight.len();
@@ -218,6 +230,19 @@ async fn deliver(
             _ = tokio::time::sleep_until(deadline) => break Ending::Close(CLOSE_NORMAL, "idle"),
             _ = stopped(&mut shutdown) => break Ending::Close(CLOSE_GOING_AWAY, "server shutting down"),
         }
+    };
+    Ok::<_, SocketError>(ending)
+    }
+    .await;
+    let ending = match outcome {
+        Ok(ending) => ending,
+        // A store call failed or timed out: say so and let the client come back, rather than leave it
+        // waiting on a socket that cannot serve it.
+        Err(SocketError::Store(err)) => {
+            tracing::debug!(error = %err, "closing a socket: a store is unavailable");
+            Ending::Close(CLOSE_TRY_AGAIN_LATER, "service unavailable; reconnect")
+        }
+        Err(SocketError::Socket(_)) => Ending::ClientGone,
     };
     if let Ending::Close(code, reason) = ending {
         let frame = CloseFrame { code, reason: reason.into() };

@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Connection, Row, SqlitePool};
 
+use super::guard::{Guarded, StoreHealth};
 use super::*;
 use crate::domain::{AccessKey, EcPublicKey, Incarnation, KemPublicKey, RegistrationId, Signature};
 
@@ -66,14 +67,17 @@ pub async fn connect(config: &Config, database_url: &str) -> StoreResult<Storage
     tokio::spawn(run_batches(writer.clone(), queued));
     let limits = Arc::new(MemoryLimits::default());
     let db = Arc::new(Sqlite { reader, writer, batches, limits: limits.clone() });
+    // A local file rarely fails, but a full disk or a stuck writer must answer 503 quickly like any store.
+    let health = StoreHealth::new("sqlite", Duration::from_millis(config.store_timeout_ms));
     Ok(Storage {
-        accounts: db.clone(),
-        keys: db.clone(),
-        pre_keys: db.clone(),
-        queue: db.clone(),
+        accounts: Guarded::<dyn AccountStore>::new(db.clone(), health.clone()),
+        keys: Guarded::<dyn KeyStore>::new(db.clone(), health.clone()),
+        pre_keys: Guarded::<dyn PreKeyPool>::new(db.clone(), health.clone()),
+        queue: Guarded::<dyn MessageQueue>::new(db.clone(), health.clone()),
         bus: Arc::new(LocalBus::new()),
         limits,
-        probes: vec![db],
+        probes: vec![Guarded::<dyn Probe>::new(db, health.clone())],
+        health: vec![health],
         kind: "embedded",
     })
 }

@@ -10,6 +10,7 @@
 //! configured URLs, in [`Storage::connect`]. Dialect differences stay inside the backend modules.
 
 pub mod embedded;
+pub mod guard;
 mod migrate;
 pub mod scaleout;
 
@@ -23,16 +24,60 @@ use crate::domain::{AccessKey, Aci, DeviceId, EcPublicKey, Incarnation, KemPubli
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The store cannot be reached or did not answer in time: the request may succeed if retried later.
+    #[error("{store} unavailable: {reason}")]
+    Unavailable { store: &'static str, reason: String },
     #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     #[error("redis: {0}")]
-    Redis(#[from] fred::error::Error),
+    Redis(fred::error::Error),
     #[error("migration: {0}")]
     Migration(String),
     #[error("stored data is inconsistent: {0}")]
     Corrupt(&'static str),
     #[error("write failed: {0}")]
     Failed(String),
+}
+
+impl StoreError {
+    /// Whether the cause is an unreachable or unresponsive store, rather than a bug or bad data.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        use sqlx::Error as E;
+        let unreachable = match &err {
+            E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed | E::Protocol(_) => true,
+            // Postgres: connection exceptions (08…), operator intervention (57…: shutting down, starting up).
+            E::Database(db) => db.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57")),
+            _ => false,
+        };
+        if unreachable {
+            StoreError::Unavailable { store: "database", reason: err.to_string() }
+        } else {
+            StoreError::Database(err)
+        }
+    }
+}
+
+impl From<fred::error::Error> for StoreError {
+    fn from(err: fred::error::Error) -> Self {
+        use fred::error::ErrorKind as K;
+        let text = err.details();
+        let unreachable = matches!(err.kind(), K::IO | K::Timeout | K::Canceled | K::Backpressure | K::Cluster | K::Routing)
+            // Replies of a Redis that is loading, failing over or without a quorum.
+            || ["LOADING", "CLUSTERDOWN", "TRYAGAIN", "MASTERDOWN", "READONLY"].iter().any(|p| text.starts_with(p))
+            // A cluster whose nodes do not agree yet (just created, or a node rejoining).
+            || text.contains("cluster state");
+        if unreachable {
+            StoreError::Unavailable { store: "redis", reason: err.to_string() }
+        } else {
+            StoreError::Redis(err)
+        }
+    }
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -392,6 +437,8 @@ pub struct Storage {
     pub bus: Arc<dyn Bus>,
     /// Checks every configured store, for `/readyz`.
     pub probes: Vec<Arc<dyn Probe>>,
+    /// Availability of each store as its calls see it.
+    pub health: Vec<Arc<guard::StoreHealth>>,
     pub kind: &'static str,
 }
 
@@ -404,12 +451,10 @@ pub trait Probe: Send + Sync {
 
 impl Storage {
     /// Connects to the backend the configuration selects and applies pending migrations (under a lock).
+    /// A store that cannot be reached yet is tried again for `SEALPOST_STORE_STARTUP_WAIT_SECONDS`, so
+    /// sealpost may start before its database and Redis (as in a compose file).
     pub async fn connect(config: &Config) -> StoreResult<Storage> {
-        match config.backend() {
-            Backend::Embedded { database_url } => embedded::connect(config, &database_url).await,
-            Backend::ScaleOut { database_url, redis_url } => scaleout::connect(config, &database_url, &redis_url).await,
-            Backend::Invalid(reason) => Err(StoreError::Migration(reason)),
-        }
+        connect_with_retries(config, Duration::from_secs(config.store_startup_wait_seconds)).await
     }
 
     /// Applies pending migrations only (for `sealpost migrate`).
@@ -418,6 +463,35 @@ impl Storage {
             Backend::Embedded { database_url } => embedded::migrate_only(config, &database_url).await,
             Backend::ScaleOut { database_url, .. } => scaleout::migrate_only(config, &database_url).await,
             Backend::Invalid(reason) => Err(StoreError::Migration(reason)),
+        }
+    }
+}
+
+/// See [`Storage::connect`]: retries unreachable stores once a second until `wait` has passed.
+pub async fn connect_with_retries(config: &Config, wait: Duration) -> StoreResult<Storage> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut told = false;
+    loop {
+        let attempt = match config.backend() {
+            Backend::Embedded { database_url } => embedded::connect(config, &database_url).await,
+            Backend::ScaleOut { database_url, redis_url } => scaleout::connect(config, &database_url, &redis_url).await,
+            Backend::Invalid(reason) => Err(StoreError::Migration(reason)),
+        };
+        match attempt {
+            Err(err) if err.is_unavailable() && tokio::time::Instant::now() < deadline => {
+                if !told {
+                    tracing::warn!(error = %err, wait_seconds = wait.as_secs(), "a store is not reachable yet; retrying");
+                    told = true;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(err) => return Err(err),
+            Ok(storage) => {
+                if told {
+                    tracing::info!("every store is reachable");
+                }
+                return Ok(storage);
+            }
         }
     }
 }

@@ -16,6 +16,7 @@ use fred::types::scripts::Script;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgPool, Row};
 
+use super::guard::{Guarded, StoreHealth};
 use super::*;
 use crate::domain::{AccessKey, EcPublicKey, Incarnation, KemPublicKey, RegistrationId, Signature};
 
@@ -54,25 +55,47 @@ pub async fn connect(config: &Config, database_url: &str, redis_url: &str) -> St
         super::migrate::postgres(&mut conn).await?;
         conn.close().await?;
     }
+    let timeout = Duration::from_millis(config.store_timeout_ms);
+    // A request waits for a pooled connection no longer than for any other store call.
     let pool = PgPoolOptions::new()
         .max_connections(config.database_max_connections.max(1))
-        .acquire_timeout(Duration::from_secs(10))
+        .acquire_timeout(timeout)
         .connect_with(options)
         .await?;
     let postgres = Arc::new(Postgres { pool });
-    let redis = Arc::new(Redis::connect(redis_url, &config.redis_key_prefix).await?);
+    let redis = Arc::new(Redis::connect(redis_url, &config.redis_key_prefix, timeout).await?);
+    warn_without_append_only_file(&redis.pool).await;
     let presence_ttl = Duration::from_secs(config.provisioning_timeout_seconds + 60);
-    let bus = Arc::new(RedisBus::connect(redis_url, &config.redis_key_prefix, redis.pool.clone(), presence_ttl).await?);
+    let bus = RedisBus::connect(redis_url, &config.redis_key_prefix, redis.pool.clone(), presence_ttl, timeout).await?;
+    let (pg_health, redis_health) = (StoreHealth::new("postgres", timeout), StoreHealth::new("redis", timeout));
     Ok(Storage {
-        accounts: postgres.clone(),
-        keys: postgres.clone(),
-        pre_keys: redis.clone(),
-        queue: redis.clone(),
-        bus,
-        limits: redis.clone(),
-        probes: vec![postgres, redis],
+        accounts: Guarded::<dyn AccountStore>::new(postgres.clone(), pg_health.clone()),
+        keys: Guarded::<dyn KeyStore>::new(postgres.clone(), pg_health.clone()),
+        pre_keys: Guarded::<dyn PreKeyPool>::new(redis.clone(), redis_health.clone()),
+        queue: Guarded::<dyn MessageQueue>::new(redis.clone(), redis_health.clone()),
+        bus: Guarded::<dyn Bus>::new(Arc::new(bus), redis_health.clone()),
+        limits: Guarded::<dyn RateLimitStore>::new(redis.clone(), redis_health.clone()),
+        probes: vec![
+            Guarded::<dyn Probe>::new(postgres, pg_health.clone()),
+            Guarded::<dyn Probe>::new(redis, redis_health.clone()),
+        ],
+        health: vec![pg_health, redis_health],
         kind: "scale-out",
     })
+}
+
+/// Queued envelopes and one-time prekeys exist only in Redis: without its append-only file, a restart of
+/// Redis loses them all, silently for clients. Say so loudly at start-up.
+async fn warn_without_append_only_file(pool: &RedisPool) {
+    let info: Result<String, _> = pool.next_connected().info(Some(fred::types::InfoKind::Persistence)).await;
+    match info {
+        Ok(info) if info.lines().any(|l| l.trim() == "aof_enabled:0") => tracing::warn!(
+            "REDIS HAS NO APPEND-ONLY FILE (appendonly no): a restart of Redis loses every queued message and \
+             one-time prekey; run Redis with appendonly yes (docs/operations.md, Durability)"
+        ),
+        Ok(_) => {}
+        Err(err) => tracing::info!(error = %err, "could not check Redis persistence (INFO persistence)"),
+    }
 }
 
 /// The Postgres store of durable records.
@@ -447,6 +470,30 @@ pub struct Redis {
     remove_queue: Script,
 }
 
+/// A Redis client builder for `url` that never gives up: it reconnects with backoff (to every node of a
+/// cluster) for as long as the process runs, and bounds every command by `timeout`, so that a Redis that is
+/// down or frozen costs a caller that long and no more. A command issued while disconnected waits for the
+/// reconnect within the same bound. Start-up retries are the caller's (`init` fails at once when Redis is
+/// not there, see [`super::connect_with_retries`]).
+fn redis_builder(url: &str, timeout: Duration) -> StoreResult<Builder> {
+    use fred::types::config::{ReconnectPolicy, TcpConfig, UnresponsiveConfig};
+    let mut config = RedisConfig::from_url(url)?;
+    config.fail_fast = true;
+    let mut builder = Builder::from_config(config);
+    builder
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+        .with_connection_config(|c| {
+            c.connection_timeout = timeout;
+            c.internal_command_timeout = timeout;
+            // A cluster redirect (MOVED, ASK) is a second attempt.
+            c.max_command_attempts = 3;
+            c.unresponsive = UnresponsiveConfig { max_timeout: Some(timeout), interval: Duration::from_millis(500) };
+            c.tcp = TcpConfig { nodelay: Some(true), ..Default::default() };
+        })
+        .with_performance_config(|p| p.default_command_timeout = timeout);
+    Ok(builder)
+}
+
 /// Pops one key from each pool of a device in one round trip. Each LPOP is atomic, so a key is never
 /// returned to two callers, on one Redis or a cluster (both lists share the slot of their hash tag).
 const CLAIM_LUA: &str = r#"
@@ -614,13 +661,8 @@ impl Redis {
         format!("{}q:{{{aci}}}:{}:gone:{}", self.prefix, recipient.device, recipient.incarnation.0)
     }
 
-    pub async fn connect(url: &str, prefix: &str) -> StoreResult<Self> {
-        let config = RedisConfig::from_url(url)?;
-        let pool = Builder::from_config(config)
-            .with_connection_config(|c| {
-                c.connection_timeout = Duration::from_secs(5);
-            })
-            .build_pool(2)?;
+    pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> StoreResult<Self> {
+        let pool = redis_builder(url, timeout)?.build_pool(2)?;
         pool.init().await?;
         Ok(Redis {
             pool,
@@ -696,7 +738,7 @@ impl PreKeyPool for Redis {
         kem: Option<&[SignedKemKey]>,
     ) -> StoreResult<()> {
         let keys = self.pool_keys(aci, device);
-        let client = self.pool.next();
+        let client = self.pool.next_connected();
         if let Some(ec) = ec {
             let values: Vec<RedisValue> = ec.iter().map(|k| RedisValue::Bytes(encode_ec(k).into())).collect();
             let _: i64 = self.replace.evalsha_with_reload(client, vec![keys[0].clone()], values).await?;
@@ -710,7 +752,7 @@ impl PreKeyPool for Redis {
 
     async fn counts(&self, aci: Aci, device: DeviceId) -> StoreResult<(u32, u32)> {
         let counts: Vec<i64> =
-            self.counts.evalsha_with_reload(self.pool.next(), self.pool_keys(aci, device), ()).await?;
+            self.counts.evalsha_with_reload(self.pool.next_connected(), self.pool_keys(aci, device), ()).await?;
         match counts.as_slice() {
             [ec, kem] => Ok((*ec as u32, *kem as u32)),
             _ => Err(StoreError::Corrupt("pool counts")),
@@ -719,7 +761,7 @@ impl PreKeyPool for Redis {
 
     async fn claim(&self, aci: Aci, device: DeviceId) -> StoreResult<(Option<EcOneTimeKey>, Option<SignedKemKey>)> {
         let popped: Vec<RedisValue> =
-            self.claim.evalsha_with_reload(self.pool.next(), self.pool_keys(aci, device), ()).await?;
+            self.claim.evalsha_with_reload(self.pool.next_connected(), self.pool_keys(aci, device), ()).await?;
         let [ec, kem] = popped.as_slice() else { return Err(StoreError::Corrupt("claim reply")) };
         Ok((bytes_of(ec).map(decode_ec).transpose()?, bytes_of(kem).map(decode_kem).transpose()?))
     }
@@ -728,7 +770,7 @@ impl PreKeyPool for Redis {
         // Separate DELs: in a cluster a multi-key DEL must stay in one slot, and these do, but one call
         // per key keeps the command valid whatever the key layout becomes.
         for key in self.pool_keys(aci, device) {
-            let _: i64 = self.pool.del(key).await?;
+            let _: i64 = self.pool.next_connected().del(key).await?;
         }
         Ok(())
     }
@@ -788,7 +830,11 @@ impl MessageQueue for Redis {
             let wanted = limit - out.len();
             let reply: Vec<RedisValue> = self
                 .peek
-                .evalsha_with_reload(self.pool.next(), vec![zset.clone()], vec![cursor.to_string(), wanted.to_string()])
+                .evalsha_with_reload(
+                    self.pool.next_connected(),
+                    vec![zset.clone()],
+                    vec![cursor.to_string(), wanted.to_string()],
+                )
                 .await?;
             let fetched = reply.len() / 2;
             self.sort_page(&reply, now, &mut cursor, &mut out, &mut expired)?;
@@ -810,19 +856,20 @@ impl MessageQueue for Redis {
     async fn ack_many(&self, aci: Aci, device: DeviceId, guids: &[[u8; 16]]) -> StoreResult<u64> {
         let keys = self.queue_keys(aci, device).to_vec();
         let args: Vec<RedisValue> = guids.iter().map(|g| RedisValue::Bytes(g.to_vec().into())).collect();
-        let removed: i64 = self.ack.evalsha_with_reload(self.pool.next(), keys, args).await?;
+        let removed: i64 = self.ack.evalsha_with_reload(self.pool.next_connected(), keys, args).await?;
         Ok(removed.max(0) as u64)
     }
 
     async fn remove_device(&self, aci: Aci, device: Recipient) -> StoreResult<()> {
         let [zset, index] = self.queue_keys(aci, device.device);
         let mark = self.removal_mark(aci, device);
-        let _: i64 = self.remove_queue.evalsha_with_reload(self.pool.next(), vec![zset, index, mark], ()).await?;
+        let _: i64 =
+            self.remove_queue.evalsha_with_reload(self.pool.next_connected(), vec![zset, index, mark], ()).await?;
         Ok(())
     }
 
     async fn remove_account(&self, aci: Aci) -> StoreResult<()> {
-        let _: i64 = self.pool.del(self.queue_counter(aci)).await?;
+        let _: i64 = self.pool.next_connected().del(self.queue_counter(aci)).await?;
         Ok(())
     }
 
@@ -870,7 +917,7 @@ impl Redis {
             args.push(device_channel(&self.prefix, aci, recipient.device).into());
         }
         args.push(RedisValue::Bytes(BusEvent::Wake.encode().into()));
-        let reply: Vec<i64> = self.push.evalsha_with_reload(self.pool.next(), keys, args).await?;
+        let reply: Vec<i64> = self.push.evalsha_with_reload(self.pool.next_connected(), keys, args).await?;
         match reply.as_slice() {
             [0, _] => Ok(PushOutcome::Queued(Pushed { notified: true })),
             [1, wait] => Ok(PushOutcome::Limited(Duration::from_millis((*wait).max(1) as u64))),
@@ -926,8 +973,10 @@ impl RateLimitStore for Redis {
     async fn take(&self, bucket: &str, key: &[u8; 16], limit: &RateLimit) -> StoreResult<Result<(), Duration>> {
         let name = format!("{}rl:{bucket}:{}", self.prefix, hex(key));
         let (cap, per_ms, ttl_ms) = bucket_args(limit);
-        let wait: i64 =
-            self.take_token.evalsha_with_reload(self.pool.next(), vec![name], vec![cap, per_ms, ttl_ms]).await?;
+        let wait: i64 = self
+            .take_token
+            .evalsha_with_reload(self.pool.next_connected(), vec![name], vec![cap, per_ms, ttl_ms])
+            .await?;
         Ok(if wait <= 0 { Ok(()) } else { Err(Duration::from_millis(wait as u64)) })
     }
 }
@@ -938,7 +987,7 @@ impl Probe for Redis {
         "redis"
     }
     async fn check(&self) -> StoreResult<()> {
-        let _: String = self.pool.next().ping(None).await?;
+        let _: String = self.pool.next_connected().ping(None).await?;
         Ok(())
     }
 }
@@ -952,6 +1001,9 @@ impl Probe for Redis {
 pub struct RedisBus {
     publisher: RedisPool,
     subscriber: fred::clients::SubscriberClient,
+    /// Every channel this instance wants, so all of them are subscribed again after a reconnect (the client
+    /// library only remembers subscriptions that succeeded).
+    wanted: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     channel_prefix: String,
     provisioning_prefix: String,
     presence_prefix: String,
@@ -961,16 +1013,18 @@ pub struct RedisBus {
 }
 
 impl RedisBus {
-    pub async fn connect(url: &str, prefix: &str, publisher: RedisPool, presence_ttl: Duration) -> StoreResult<Self> {
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        publisher: RedisPool,
+        presence_ttl: Duration,
+        timeout: Duration,
+    ) -> StoreResult<Self> {
         use fred::prelude::EventInterface;
-        let mut builder = Builder::from_config(RedisConfig::from_url(url)?);
+        let mut builder = redis_builder(url, timeout)?;
         // fred hands pub/sub messages over a broadcast channel; its default of 32 loses messages under load.
         builder.with_performance_config(|performance| performance.broadcast_channel_capacity = SUBSCRIBER_BUFFER);
         let subscriber = builder.build_subscriber_client()?;
-        subscriber.init().await?;
-        // Re-subscribe to every channel after a reconnect.
-        // The returned handle only joins the background task; dropping it detaches the task.
-        drop(subscriber.manage_subscriptions());
         let channel_prefix = format!("{prefix}dev:");
         let provisioning_prefix = format!("{prefix}prov:");
         let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
@@ -978,10 +1032,33 @@ impl RedisBus {
         let strip = channel_prefix.clone();
         let strip_provisioning = provisioning_prefix.clone();
         let invalidations = Self::invalidation_channel(prefix);
-        {
+        let wanted = Arc::new(std::sync::Mutex::new(std::collections::HashSet::from([invalidations.clone()])));
+        // Every (re)connection, the first included: subscribe to every wanted channel, then have every local
+        // socket read its queue, since wake-ups published while the connection was down were lost (the
+        // queues are the truth; the bus only wakes).
+        let mut reconnects = subscriber.reconnect_rx();
+        let (resubscriber, still_wanted, waker) = (subscriber.clone(), wanted.clone(), sender.clone());
+        tokio::spawn(async move {
             use fred::prelude::PubsubInterface;
-            subscriber.subscribe(invalidations.clone()).await?;
-        }
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                match reconnects.recv().await {
+                    Ok(_) | Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => break,
+                }
+                let channels: Vec<String> =
+                    still_wanted.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect();
+                for channel in channels {
+                    if let Err(err) = resubscriber.subscribe(channel).await {
+                        tracing::warn!(error = %err, "bus: subscribing again after a reconnect failed");
+                    }
+                }
+                if waker.send(BusMessage::WakeAll).is_err() {
+                    break;
+                }
+            }
+        });
+        subscriber.init().await?;
         tokio::spawn(async move {
             loop {
                 match messages.recv().await {
@@ -1029,6 +1106,7 @@ impl RedisBus {
         Ok(RedisBus {
             publisher,
             subscriber,
+            wanted,
             channel_prefix,
             provisioning_prefix,
             presence_prefix: format!("{prefix}provpresence:"),
@@ -1042,6 +1120,25 @@ impl RedisBus {
         format!("{}{aci}.{device}", self.channel_prefix)
     }
 
+    fn wanted(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.wanted.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wants the channel (so it is subscribed again after any reconnect) and subscribes to it now.
+    async fn subscribe_channel(&self, channel: String) -> StoreResult<()> {
+        use fred::prelude::PubsubInterface;
+        self.wanted().insert(channel.clone());
+        self.subscriber.subscribe(channel).await?;
+        Ok(())
+    }
+
+    async fn unsubscribe_channel(&self, channel: String) -> StoreResult<()> {
+        use fred::prelude::PubsubInterface;
+        self.wanted().remove(&channel);
+        self.subscriber.unsubscribe(channel).await?;
+        Ok(())
+    }
+
     fn invalidation_channel(prefix: &str) -> String {
         format!("{prefix}invalidate")
     }
@@ -1051,48 +1148,48 @@ impl RedisBus {
 impl Bus for RedisBus {
     async fn publish(&self, aci: Aci, device: DeviceId, event: BusEvent) -> StoreResult<bool> {
         use fred::prelude::PubsubInterface;
-        let receivers: i64 =
-            self.publisher.next().publish(self.channel(aci, device), RedisValue::Bytes(event.encode().into())).await?;
+        let receivers: i64 = self
+            .publisher
+            .next_connected()
+            .publish(self.channel(aci, device), RedisValue::Bytes(event.encode().into()))
+            .await?;
         Ok(receivers > 0)
     }
 
     async fn subscribe(&self, aci: Aci, device: DeviceId) -> StoreResult<()> {
-        use fred::prelude::PubsubInterface;
-        self.subscriber.subscribe(self.channel(aci, device)).await?;
-        Ok(())
+        self.subscribe_channel(self.channel(aci, device)).await
     }
 
     async fn unsubscribe(&self, aci: Aci, device: DeviceId) -> StoreResult<()> {
-        use fred::prelude::PubsubInterface;
-        self.subscriber.unsubscribe(self.channel(aci, device)).await?;
-        Ok(())
+        self.unsubscribe_channel(self.channel(aci, device)).await
     }
 
     async fn publish_provisioning(&self, address: &str, body: Vec<u8>) -> StoreResult<bool> {
         use fred::prelude::PubsubInterface;
-        let present: i64 = self.publisher.exists(format!("{}{address}", self.presence_prefix)).await?;
+        let present: i64 = self.publisher.next_connected().exists(format!("{}{address}", self.presence_prefix)).await?;
         if present == 0 {
             return Ok(false);
         }
         let channel = format!("{}{address}", self.provisioning_prefix);
-        let _: i64 = self.publisher.next().publish(channel, RedisValue::Bytes(body.into())).await?;
+        let _: i64 = self.publisher.next_connected().publish(channel, RedisValue::Bytes(body.into())).await?;
         Ok(true)
     }
 
     async fn subscribe_provisioning(&self, address: &str) -> StoreResult<()> {
-        use fred::prelude::PubsubInterface;
         use fred::types::Expiration;
-        self.subscriber.subscribe(format!("{}{address}", self.provisioning_prefix)).await?;
+        self.subscribe_channel(format!("{}{address}", self.provisioning_prefix)).await?;
         let ttl = Expiration::PX(self.presence_ttl.as_millis() as i64);
-        let _: () = self.publisher.set(format!("{}{address}", self.presence_prefix), 1, Some(ttl), None, false).await?;
+        let _: () = self
+            .publisher
+            .next_connected()
+            .set(format!("{}{address}", self.presence_prefix), 1, Some(ttl), None, false)
+            .await?;
         Ok(())
     }
 
     async fn unsubscribe_provisioning(&self, address: &str) -> StoreResult<()> {
-        use fred::prelude::PubsubInterface;
-        let _: i64 = self.publisher.del(format!("{}{address}", self.presence_prefix)).await?;
-        self.subscriber.unsubscribe(format!("{}{address}", self.provisioning_prefix)).await?;
-        Ok(())
+        let _: i64 = self.publisher.next_connected().del(format!("{}{address}", self.presence_prefix)).await?;
+        self.unsubscribe_channel(format!("{}{address}", self.provisioning_prefix)).await
     }
 
     async fn publish_invalidation(&self, aci: Aci) -> StoreResult<()> {

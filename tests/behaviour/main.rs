@@ -9,5 +9,6 @@ mod keys;
 mod linking;
 mod messages;
 mod operations;
+mod outages;
 mod processes;
 mod socket;

@@ -75,6 +75,12 @@ async fn spawn_server(envs: &[(&str, String)]) -> Process {
 }
 
 async fn run_cli(args: &[&str], envs: &[(&str, String)]) -> (bool, String) {
+    let (code, text) = run_cli_code(args, envs).await;
+    (code == Some(0), text)
+}
+
+/// Runs the binary; returns its exit code and everything it printed.
+async fn run_cli_code(args: &[&str], envs: &[(&str, String)]) -> (Option<i32>, String) {
     let mut command = Command::new(BIN);
     command.args(args).env_clear();
     for (key, value) in envs {
@@ -82,7 +88,42 @@ async fn run_cli(args: &[&str], envs: &[(&str, String)]) -> (bool, String) {
     }
     let output = command.output().await.expect("run sealpost");
     let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    (output.status.success(), text)
+    (output.status.code(), text)
+}
+
+/// Unparsable settings exit with 2 and name the variable; stores that stay unreachable are waited for as
+/// long as configured, then the process exits with 1 and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_settings_and_missing_stores_fail_clearly() {
+    let dir = temp_dir();
+    let base = vec![("SEALPOST_DATA_DIR", dir.display().to_string())];
+    for (variable, value) in [
+        ("SEALPOST_REDIS_URL", "redis://127.0.0.1:notaport"),
+        ("SEALPOST_DATABASE_URL", "postgres://host:port:what/db"),
+        ("SEALPOST_STORE_TIMEOUT_MS", "soon"),
+    ] {
+        let mut envs = base.clone();
+        envs.push(("SEALPOST_DATABASE_URL", "postgres://127.0.0.1:1/db".into()));
+        envs.push(("SEALPOST_REDIS_URL", "redis://127.0.0.1:1".into()));
+        envs.retain(|(k, _)| *k != variable);
+        envs.push((variable, value.into()));
+        let (code, out) = run_cli_code(&["serve"], &envs).await;
+        assert_eq!(code, Some(2), "{variable}={value}: {out}");
+        assert!(out.contains(variable), "{out}");
+    }
+    // Nothing listens on port 1: the server retries for the configured wait, then gives up.
+    let mut envs = base.clone();
+    envs.push(("SEALPOST_DATABASE_URL", "postgres://postgres@127.0.0.1:1/db".into()));
+    envs.push(("SEALPOST_REDIS_URL", "redis://127.0.0.1:1".into()));
+    envs.push(("SEALPOST_STORE_STARTUP_WAIT_SECONDS", "2".into()));
+    envs.push(("SEALPOST_LISTEN", "127.0.0.1:0".into()));
+    envs.push(("SEALPOST_METRICS_LISTEN", "127.0.0.1:0".into()));
+    let started = std::time::Instant::now();
+    let (code, out) = run_cli_code(&["serve"], &envs).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("not reachable yet; retrying") && out.contains("unavailable"), "{out}");
+    assert!(started.elapsed() >= Duration::from_secs(2), "gave up before the wait was over");
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,6 +152,8 @@ async fn replicas_start_together_and_share_postgres() {
     let token = server_b.token(&aci, &secret).await;
     let devices = server_a.devices(&token).await;
     assert_eq!(devices, 200);
+    // The test Redis keeps no append-only file: the server says, loudly, what that costs.
+    assert!(a.output().contains("REDIS HAS NO APPEND-ONLY FILE"), "{}", a.output());
 
     let mut conn = sqlx::PgConnection::connect(&database_url()).await.expect("postgres");
     let stored: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM \"{schema}\".accounts WHERE aci = $1::uuid"))
@@ -448,11 +491,18 @@ async fn exchange_and_check_logs(backend: Backend, filter: &str) {
     assert!(output.contains("request"), "debug request logs were written: {output}");
     let guid = uuid::Uuid::from_slice(envelope.server_guid.as_deref().expect("guid")).expect("uuid").to_string();
     let b64 = base64::engine::general_purpose::STANDARD;
+    // Libraries print bytes as hex: the content, and the acis as the 16 bytes an envelope carries.
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let simple = |aci: &str| uuid::Uuid::parse_str(aci).expect("aci").simple().to_string();
     for (what, needle) in [
         ("bob's aci", bob.aci.clone()),
         ("alice's aci", alice.aci.clone()),
-        ("envelope guid", guid),
+        ("bob's aci as bytes", simple(&bob.aci)),
+        ("alice's aci as bytes", simple(&alice.aci)),
+        ("envelope guid", guid.clone()),
+        ("envelope guid as bytes", simple(&guid)),
         ("content", b64.encode(content)),
+        ("content as bytes", hex(content)),
         ("token", bob.token.clone()),
         ("token signature", bob.token.rsplit('.').next().expect("sig").to_owned()),
     ] {

@@ -1,0 +1,190 @@
+//! Every call into a store, bounded in time and watched.
+//!
+//! A store that is down, restarting or frozen must cost a request a short, clear wait, never a hang: each
+//! call gets `SEALPOST_STORE_TIMEOUT_MS`, and one that does not answer in time, or cannot reach its store,
+//! fails with [`StoreError::Unavailable`] (503 `unavailable` with `Retry-After` at the API). [`StoreHealth`]
+//! logs the first failure of an outage and the first success after it, once each, and keeps the
+//! `sealpost_store_up{store}` gauge.
+//!
+//! A call that timed out may still take effect later (a frozen Redis runs what it had received once it
+//! thaws): callers treat `Unavailable` as "unknown outcome", which is why a client retries a send that got
+//! a 503 and why sends are safe to repeat (clients drop duplicates by their own message ids).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::*;
+
+/// Availability of one store, as its calls see it.
+pub struct StoreHealth {
+    name: &'static str,
+    up: AtomicBool,
+    /// Outages seen since start-up (an outage begins with the first failing call).
+    outages: std::sync::atomic::AtomicU64,
+    timeout: Duration,
+}
+
+impl StoreHealth {
+    pub fn new(name: &'static str, timeout: Duration) -> Arc<Self> {
+        metrics::gauge!("sealpost_store_up", "store" => name).set(1.0);
+        Arc::new(StoreHealth { name, up: AtomicBool::new(true), outages: Default::default(), timeout })
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    pub fn outages(&self) -> u64 {
+        self.outages.load(Ordering::Relaxed)
+    }
+
+    /// Runs one store call under the timeout and records what it says about the store.
+    pub async fn run<T>(&self, call: impl Future<Output = StoreResult<T>>) -> StoreResult<T> {
+        self.run_within(self.timeout, call).await
+    }
+
+    /// As [`StoreHealth::run`], with a timeout of its own.
+    pub async fn run_within<T>(&self, timeout: Duration, call: impl Future<Output = StoreResult<T>>) -> StoreResult<T> {
+        let result = match tokio::time::timeout(timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Unavailable {
+                store: self.name,
+                reason: format!("no answer within {} ms", timeout.as_millis()),
+            }),
+        };
+        match &result {
+            Err(err) if err.is_unavailable() => self.mark_down(err),
+            // Any other answer, even an error about the data, means the store is reachable.
+            _ => self.mark_up(),
+        }
+        result
+    }
+
+    fn mark_down(&self, err: &StoreError) {
+        if self.up.swap(false, Ordering::Relaxed) {
+            self.outages.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(store = self.name, error = %err, "store unavailable: requests that need it get 503 until it answers again");
+            metrics::gauge!("sealpost_store_up", "store" => self.name).set(0.0);
+        }
+        metrics::counter!("sealpost_store_unavailable_total", "store" => self.name).increment(1);
+    }
+
+    fn mark_up(&self) {
+        if !self.up.swap(true, Ordering::Relaxed) {
+            tracing::info!(store = self.name, "store available again");
+            metrics::gauge!("sealpost_store_up", "store" => self.name).set(1.0);
+        }
+    }
+}
+
+/// A store behind [`StoreHealth::run`].
+pub struct Guarded<T: ?Sized> {
+    inner: Arc<T>,
+    health: Arc<StoreHealth>,
+}
+
+impl<T: ?Sized> Guarded<T> {
+    pub fn new(inner: Arc<T>, health: Arc<StoreHealth>) -> Arc<Self> {
+        Arc::new(Guarded { inner, health })
+    }
+}
+
+/// How long the reapers' bulk deletes may take: they are not on any request's path, and a large backlog
+/// can take longer than a request's store timeout.
+const REAP_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Implements a store trait for [`Guarded`] by running every listed method of the inner store under the
+/// health check; `unguarded { … }` holds methods written out by hand.
+macro_rules! guard_trait {
+    ($trait:ident { $( fn $name:ident(&self $(, $arg:ident : $ty:ty)* ) -> $ret:ty; )* } $( unguarded { $($extra:tt)* } )?) => {
+        #[async_trait]
+        impl $trait for Guarded<dyn $trait> {
+            $(
+                async fn $name(&self $(, $arg: $ty)*) -> StoreResult<$ret> {
+                    self.health.run(self.inner.$name($($arg),*)).await
+                }
+            )*
+            $( $($extra)* )?
+        }
+    };
+}
+
+guard_trait!(AccountStore {
+    fn create_account(&self, account: &NewAccount, invite: Option<[u8; 32]>, now: i64) -> Result<(), CreateAccountError>;
+    fn create_invite(&self, code_hash: [u8; 32], expires_at: i64) -> ();
+    fn add_device(&self, aci: Aci, device: &NewDevice, max_devices: u32, reuse_after: i64) -> Result<DeviceId, AddDeviceError>;
+    fn approve(&self, aci: Aci) -> bool;
+    fn account(&self, aci: Aci) -> Option<Account>;
+    fn device_credentials(&self, aci: Aci, device: DeviceId) -> Option<DeviceCredentials>;
+    fn touch_device(&self, aci: Aci, device: DeviceId, day: i64) -> ();
+    fn devices(&self, aci: Aci) -> Vec<Device>;
+    fn delete_device(&self, aci: Aci, device: DeviceId, now: i64) -> bool;
+    fn delete_account(&self, aci: Aci) -> bool;
+    fn set_access(&self, aci: Aci, key: Option<AccessKey>, unrestricted: bool) -> bool;
+    fn create_link_code(&self, code_hash: [u8; 32], aci: Aci, expires_at: i64) -> ();
+    fn consume_link_code(&self, code_hash: [u8; 32], now: i64) -> Option<Aci>;
+    fn ping(&self) -> ();
+} unguarded {
+    async fn reap_codes(&self, now: i64) -> StoreResult<u64> {
+        self.health.run_within(REAP_TIMEOUT, self.inner.reap_codes(now)).await
+    }
+});
+
+guard_trait!(KeyStore {
+    fn put_signed(&self, aci: Aci, device: DeviceId, signed: Option<&SignedEcKey>, last_resort: Option<&SignedKemKey>) -> ();
+    fn device_keys(&self, aci: Aci, only: Option<DeviceId>) -> Vec<DeviceKeys>;
+});
+
+guard_trait!(PreKeyPool {
+    fn replace(&self, aci: Aci, device: DeviceId, ec: Option<&[EcOneTimeKey]>, kem: Option<&[SignedKemKey]>) -> ();
+    fn counts(&self, aci: Aci, device: DeviceId) -> (u32, u32);
+    fn claim(&self, aci: Aci, device: DeviceId) -> (Option<EcOneTimeKey>, Option<SignedKemKey>);
+    fn remove_device(&self, aci: Aci, device: DeviceId) -> ();
+});
+
+guard_trait!(MessageQueue {
+    fn push(&self, aci: Aci, items: &[(Recipient, NewEnvelope)], max_len: u32, bucket: Option<&RateBucket>) -> PushOutcome;
+    fn peek(&self, aci: Aci, device: DeviceId, after: u64, limit: usize, now: i64) -> Vec<QueuedEnvelope>;
+    fn ack(&self, aci: Aci, device: DeviceId, guid: [u8; 16]) -> bool;
+    fn ack_many(&self, aci: Aci, device: DeviceId, guids: &[[u8; 16]]) -> u64;
+    fn remove_device(&self, aci: Aci, device: Recipient) -> ();
+    fn remove_account(&self, aci: Aci) -> ();
+} unguarded {
+    async fn reap(&self, now: i64) -> StoreResult<u64> {
+        self.health.run_within(REAP_TIMEOUT, self.inner.reap(now)).await
+    }
+});
+
+guard_trait!(Bus {
+    fn publish(&self, aci: Aci, device: DeviceId, event: BusEvent) -> bool;
+    fn subscribe(&self, aci: Aci, device: DeviceId) -> ();
+    fn unsubscribe(&self, aci: Aci, device: DeviceId) -> ();
+    fn publish_provisioning(&self, address: &str, body: Vec<u8>) -> bool;
+    fn subscribe_provisioning(&self, address: &str) -> ();
+    fn unsubscribe_provisioning(&self, address: &str) -> ();
+    fn publish_invalidation(&self, aci: Aci) -> ();
+} unguarded {
+    fn events(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<BusMessage>> {
+        self.inner.events()
+    }
+});
+
+guard_trait!(RateLimitStore {
+    fn take(&self, bucket: &str, key: &[u8; 16], limit: &RateLimit) -> Result<(), Duration>;
+});
+
+guard_trait!(Probe {
+    fn check(&self) -> ();
+} unguarded {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+});
