@@ -203,26 +203,36 @@ impl Ledger {
     }
 }
 
+/// What one device received: the number each envelope carried, by the envelope's guid. The same guid may
+/// come twice (an acknowledgement lost with a closing socket is redelivered, as it should be); two guids
+/// with one number would be one send stored twice.
+type Received = HashMap<Vec<u8>, u32>;
+
 /// Reads every envelope a device gets, acknowledging each, until every number in `expected` has come and
 /// the socket has been quiet for a while (so duplicates would have shown); a socket closed by the server
 /// (1013 while a store is away) is opened again. A socket must keep answering keepalives.
-async fn drain(server: &TestServer, user: &User, socket: Option<Socket>, expected: &[u32]) -> Vec<u32> {
+async fn drain(server: &TestServer, user: &User, socket: Option<Socket>, expected: &[u32]) -> Received {
     let mut socket = match socket {
         Some(socket) => socket,
         None => Socket::connect(&server.base, &user.token).await,
     };
-    let mut got = Vec::new();
+    let mut got = Received::new();
+    let take = |got: &mut Received, envelope: sealpost::delivery::proto::Envelope| {
+        let bytes: [u8; 4] = envelope.content.as_deref().expect("content").try_into().expect("4 bytes");
+        got.insert(envelope.server_guid.expect("guid"), u32::from_be_bytes(bytes));
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut keepalive = 1_000_000;
     loop {
         assert!(Instant::now() < deadline, "still missing envelopes after 60 s; got {got:?}");
         match socket.next_within(Duration::from_millis(1500)).await {
             Some(Incoming::Envelope(id, envelope, _)) => {
-                let bytes: [u8; 4] = envelope.content.as_deref().expect("content").try_into().expect("4 bytes");
-                got.push(u32::from_be_bytes(bytes));
-                socket.respond(id, 200).await;
+                take(&mut got, envelope);
+                socket.try_respond(id, 200).await;
             }
-            Some(Incoming::QueueEmpty(id)) => socket.respond(id, 200).await,
+            Some(Incoming::QueueEmpty(id)) => {
+                socket.try_respond(id, 200).await;
+            }
             Some(Incoming::Closed(code)) => {
                 assert!(matches!(code, Some(1013) | None), "closed with {code:?}");
                 tokio::time::sleep(Duration::from_millis(300)).await;
@@ -237,11 +247,12 @@ async fn drain(server: &TestServer, user: &User, socket: Option<Socket>, expecte
                     match socket.next_within(Duration::from_secs(5)).await {
                         Some(Incoming::Response(id, 200)) if id == keepalive => break true,
                         Some(Incoming::Envelope(id, envelope, _)) => {
-                            let bytes: [u8; 4] = envelope.content.as_deref().expect("content").try_into().expect("4");
-                            got.push(u32::from_be_bytes(bytes));
-                            socket.respond(id, 200).await;
+                            take(&mut got, envelope);
+                            socket.try_respond(id, 200).await;
                         }
-                        Some(Incoming::QueueEmpty(id)) => socket.respond(id, 200).await,
+                        Some(Incoming::QueueEmpty(id)) => {
+                            socket.try_respond(id, 200).await;
+                        }
                         Some(Incoming::Closed(_)) => break false,
                         Some(Incoming::Response(..)) => {}
                         None => panic!("the socket went silent: a keepalive got no answer"),
@@ -251,7 +262,7 @@ async fn drain(server: &TestServer, user: &User, socket: Option<Socket>, expecte
                     socket = Socket::connect(&server.base, &user.token).await;
                     continue;
                 }
-                if expected.iter().all(|n| got.contains(n)) {
+                if expected.iter().all(|n| got.values().any(|v| v == n)) {
                     break;
                 }
             }
@@ -261,18 +272,18 @@ async fn drain(server: &TestServer, user: &User, socket: Option<Socket>, expecte
     got
 }
 
-/// Every number answered 200 arrived exactly once; anything else that arrived was a send whose answer
-/// was lost (503) and arrived at most once.
-fn assert_exactly_once(accepted: &[u32], got: &[u32], refused_may_appear: bool) {
-    let mut counts: HashMap<u32, u32> = HashMap::new();
-    for n in got {
-        *counts.entry(*n).or_default() += 1;
+/// Every number answered 200 arrived under exactly one guid; anything else that arrived was a send whose
+/// answer was lost (503) and arrived under one guid at most.
+fn assert_exactly_once(accepted: &[u32], got: &Received, refused_may_appear: bool) {
+    let mut guids: HashMap<u32, u32> = HashMap::new();
+    for n in got.values() {
+        *guids.entry(*n).or_default() += 1;
     }
     for n in accepted {
-        assert_eq!(counts.get(n), Some(&1), "envelope {n} answered 200 was delivered {:?} times", counts.get(n));
+        assert_eq!(guids.get(n), Some(&1), "envelope {n} answered 200 was stored {:?} times", guids.get(n));
     }
-    for (n, count) in &counts {
-        assert_eq!(*count, 1, "envelope {n} was delivered {count} times");
+    for (n, count) in &guids {
+        assert_eq!(*count, 1, "envelope {n} was stored {count} times");
         assert!(refused_may_appear || accepted.contains(n), "envelope {n} arrived though its send failed");
     }
 }

@@ -94,13 +94,19 @@ impl Socket {
     }
 
     pub async fn respond(&mut self, id: u64, status: u32) {
-        let message = WebSocketMessage::response(id, status, "OK");
-        self.stream.send(Message::Binary(message.encode_to_vec().into())).await.expect("send");
+        assert!(self.try_respond(id, status).await, "the socket is open");
     }
 
+    /// Answers a request; false when the connection is already gone.
+    pub async fn try_respond(&mut self, id: u64, status: u32) -> bool {
+        let message = WebSocketMessage::response(id, status, "OK");
+        self.stream.send(Message::Binary(message.encode_to_vec().into())).await.is_ok()
+    }
+
+    /// Sends a request; a connection the server already closed shows in the next [`Self::next`].
     pub async fn request(&mut self, id: u64, verb: &str, path: &str) {
         let message = WebSocketMessage::request(id, verb, path, None, Vec::new());
-        self.stream.send(Message::Binary(message.encode_to_vec().into())).await.expect("send");
+        let _ = self.stream.send(Message::Binary(message.encode_to_vec().into())).await;
     }
 
     pub async fn close(mut self) {
