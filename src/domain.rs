@@ -199,6 +199,32 @@ impl fmt::Debug for AccessKey {
     }
 }
 
+/// Whether something that expires at `expires_at` (ms) is still good at `now`: the one rule for codes,
+/// invites, tokens of contact and leases alike.
+pub fn is_live(expires_at: i64, now: i64) -> bool {
+    expires_at > now
+}
+
+/// Which id a new device of an account gets. The primary is 1; a new device gets the smallest id from 2 up
+/// that no device holds and that no device gave up after `reuse_after` (a token of that device could still
+/// be alive), as long as the account has fewer than `max_devices` devices.
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceSlots {
+    pub max_devices: u32,
+    pub reuse_after: i64,
+}
+
+impl DeviceSlots {
+    /// `taken`: ids of the account's devices; `given_up`: ids removed, with when (ms). `None`: no room.
+    pub fn pick(&self, taken: &[DeviceId], given_up: &[(DeviceId, i64)]) -> Option<DeviceId> {
+        if taken.len() >= self.max_devices as usize {
+            return None;
+        }
+        let resting = |id: DeviceId| given_up.iter().any(|(gone, at)| *gone == id && *at > self.reuse_after);
+        (2..=DeviceId::MAX).map(DeviceId).find(|id| !taken.contains(id) && !resting(*id))
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_millis() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
@@ -232,6 +258,17 @@ mod tests {
         assert!(RegistrationId::new(16380).is_ok());
         assert!(RegistrationId::new(16381).is_err());
         assert!(RegistrationId::new(-5).is_err());
+    }
+
+    #[test]
+    fn device_slots_take_the_smallest_free_rested_id() {
+        let slots = DeviceSlots { max_devices: 4, reuse_after: 1000 };
+        let ids = |v: &[u32]| v.iter().map(|n| DeviceId(*n)).collect::<Vec<_>>();
+        assert_eq!(slots.pick(&ids(&[1]), &[]), Some(DeviceId(2)));
+        assert_eq!(slots.pick(&ids(&[1, 2, 4]), &[]), Some(DeviceId(3)));
+        // 2 was given up recently, 3 long ago.
+        assert_eq!(slots.pick(&ids(&[1]), &[(DeviceId(2), 2000), (DeviceId(3), 500)]), Some(DeviceId(3)));
+        assert_eq!(slots.pick(&ids(&[1, 2, 3, 5]), &[]), None, "four devices: full");
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod keys;
 pub mod limits;
 pub mod messages;
 pub mod server_keys;
+pub mod shutdown;
 pub mod storage;
 pub mod telemetry;
 
@@ -48,7 +49,8 @@ pub async fn build_app(config: Config) -> Result<Arc<App>, StartError> {
         tracing::info!(count = created.len(), "created missing server key files");
     }
     let keys = ServerKeys::load(&config)?;
-    let storage = Storage::connect(&config).await?;
+    let tasks = shutdown::Tasks::default();
+    let storage = Storage::connect(&config, &tasks).await?;
     let limiter = Limiter::new(storage.limits.clone(), keys.pseudonym_key);
     let directory =
         Arc::new(directory::Directory::new(storage.clone(), Duration::from_secs(config.directory_cache_seconds)));
@@ -67,6 +69,7 @@ pub async fn build_app(config: Config) -> Result<Arc<App>, StartError> {
         certifier,
         shutdown,
         shutdown_trigger,
+        tasks,
         config,
     }))
 }
@@ -116,6 +119,11 @@ pub async fn serve(
         Err(_) => {
             tracing::warn!(grace_seconds = grace.as_secs(), "open connections outlived the shutdown grace period")
         }
+    }
+    // Only now that no request is left: the background work that served them.
+    let stuck = app.tasks.stop(grace).await;
+    if !stuck.is_empty() {
+        tracing::warn!(tasks = ?stuck, "background tasks outlived the shutdown grace period");
     }
     Ok(())
 }

@@ -117,7 +117,8 @@ async fn run(command: Command, loaded: Loaded) -> Result<(), Box<dyn std::error:
             Ok(())
         }
         Command::Invite { command: InviteCommand::Create { ttl_seconds } } => {
-            let storage = Storage::connect(&config).await?;
+            let tasks = sealpost::shutdown::Tasks::default();
+            let storage = Storage::connect(&config, &tasks).await?;
             let ttl = ttl_seconds.unwrap_or(config.invite_ttl_seconds);
             let code = sealpost::accounts::create_invite(&storage, ttl).await?;
             println!("{code}");
@@ -125,7 +126,8 @@ async fn run(command: Command, loaded: Loaded) -> Result<(), Box<dyn std::error:
         }
         Command::Approve { aci } => {
             let aci = Aci::parse(&aci).ok_or("not an aci (UUID)")?;
-            let storage = Storage::connect(&config).await?;
+            let tasks = sealpost::shutdown::Tasks::default();
+            let storage = Storage::connect(&config, &tasks).await?;
             if storage.accounts.approve(aci).await? {
                 // Scale-out instances forget their cached view at once; an embedded server notices within
                 // SEALPOST_DIRECTORY_CACHE_SECONDS.

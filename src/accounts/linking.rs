@@ -120,12 +120,10 @@ async fn link(
     let last_resort = parse_signed_kem("pqLastResortPreKey", &req.pq_last_resort_pre_key)?;
 
     let now = now_millis();
-    let aci = app
-        .storage
-        .accounts
-        .consume_link_code(sha256(req.verification_code.trim().as_bytes()), now)
-        .await?
-        .ok_or(ApiError::InvalidVerificationCode)?;
+    let aci = match app.storage.accounts.consume_link_code(sha256(req.verification_code.trim().as_bytes())).await? {
+        Some((aci, expires_at)) if crate::domain::is_live(expires_at, now) => aci,
+        _ => return Err(ApiError::InvalidVerificationCode),
+    };
     let account = app.storage.accounts.account(aci).await?.ok_or(ApiError::InvalidVerificationCode)?;
     verify_ec(&account.identity_key, &signed)?;
     verify_kem(&account.identity_key, "pqLastResortPreKey", &last_resort)?;
@@ -139,8 +137,8 @@ async fn link(
         name,
         created_at: now,
     };
-    let reuse_after = id_reuse_horizon(&app.config, now);
-    let id = match app.storage.accounts.add_device(aci, &device, app.config.max_devices, reuse_after).await? {
+    let slots = device_slots(&app.config, now);
+    let id = match app.storage.accounts.add_device(aci, &device, &slots).await? {
         Ok(id) => id,
         Err(AddDeviceError::TooManyDevices) => return Err(ApiError::TooManyDevices),
         Err(AddDeviceError::NoAccount) => return Err(ApiError::InvalidVerificationCode),
@@ -151,9 +149,10 @@ async fn link(
     Ok(axum::Json(Linked { aci: aci.to_string(), device_id: id.0 }))
 }
 
-/// Device ids given up after this time are not handed out again yet: a token of the device that had the id
-/// could still be accepted (tokens name their incarnation too, so this is a second line of defence).
-pub fn id_reuse_horizon(config: &crate::config::Config, now: i64) -> i64 {
+/// How new devices get their ids under this configuration: an id given up less than a token's lifetime
+/// ago is not handed out again yet, as a token of the device that had it could still be accepted (tokens
+/// name their incarnation too, so this is a second line of defence).
+pub fn device_slots(config: &crate::config::Config, now: i64) -> crate::domain::DeviceSlots {
     let token_life_ms = (config.token_ttl_seconds + crate::http::auth::TOKEN_LEEWAY_SECONDS) * 1000;
-    now - token_life_ms as i64
+    crate::domain::DeviceSlots { max_devices: config.max_devices, reuse_after: now - token_life_ms as i64 }
 }

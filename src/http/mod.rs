@@ -37,6 +37,8 @@ pub struct App {
     /// Turns true when the server begins to shut down; open sockets close with 1001.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     pub shutdown_trigger: tokio::sync::watch::Sender<bool>,
+    /// Background tasks, stopped and joined after the last request.
+    pub tasks: crate::shutdown::Tasks,
 }
 
 pub type AppState = State<Arc<App>>;

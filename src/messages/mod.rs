@@ -187,8 +187,8 @@ async fn send(
     } else {
         let bucket = token_in_push.then(|| app.limiter.bucket(RATE_BUCKET, sender_key.as_bytes(), limit));
         let outcome = app.storage.queue.push(target, &items, app.config.max_queue_len, bucket.as_ref()).await?;
-        let pushed = match outcome {
-            PushOutcome::Queued(pushed) => pushed,
+        match outcome {
+            PushOutcome::Queued => {}
             PushOutcome::Full(_) => return Err(ApiError::QueueFull),
             PushOutcome::Limited(wait) => return Err(crate::limits::Limiter::refused(RATE_BUCKET, wait)),
             PushOutcome::Gone(device) => {
@@ -200,11 +200,6 @@ async fn send(
                 check_devices(&devices, &addressed)?;
                 // Same ids and registration ids, yet the device is a new one: the sender's session is stale.
                 return Err(ApiError::StaleDevices(vec![device.0]));
-            }
-        };
-        if !pushed.notified {
-            for (recipient, _) in &items {
-                app.storage.bus.publish(target, recipient.device, BusEvent::Wake).await?;
             }
         }
     }

@@ -12,7 +12,9 @@ use sqlx::{Connection, Row, SqlitePool};
 
 use super::guard::{Guarded, StoreHealth};
 use super::*;
+use crate::config::{Config, RateLimit};
 use crate::domain::{AccessKey, EcPublicKey, Incarnation, KemPublicKey, RegistrationId, Signature};
+use crate::domain::{Aci, DeviceId, DeviceSlots};
 
 const KIND_EC: i64 = 1;
 const KIND_KEM: i64 = 2;
@@ -49,7 +51,7 @@ pub async fn migrate_only(_config: &Config, database_url: &str) -> StoreResult<u
     Ok(ran)
 }
 
-pub async fn connect(config: &Config, database_url: &str) -> StoreResult<Storage> {
+pub async fn connect(config: &Config, database_url: &str, _tasks: &crate::shutdown::Tasks) -> StoreResult<Storage> {
     migrate_only(config, database_url).await?;
     let (batches, queued) = tokio::sync::mpsc::channel(BATCH_QUEUE);
     // The writer never checkpoints on commit (that would put an fsync of the database file in front of
@@ -64,7 +66,8 @@ pub async fn connect(config: &Config, database_url: &str) -> StoreResult<Storage
         .max_connections(config.database_max_connections.max(1))
         .connect_with(options(database_url)?.read_only(true))
         .await?;
-    tokio::spawn(run_batches(writer.clone(), queued));
+    let bus = Arc::new(LocalBus::new());
+    tokio::spawn(run_batches(writer.clone(), queued, bus.clone()));
     let limits = Arc::new(MemoryLimits::default());
     let db = Arc::new(Sqlite { reader, writer, batches, limits: limits.clone() });
     // A local file rarely fails, but a full disk or a stuck writer must answer 503 quickly like any store.
@@ -74,7 +77,9 @@ pub async fn connect(config: &Config, database_url: &str) -> StoreResult<Storage
         keys: Guarded::<dyn KeyStore>::new(db.clone(), health.clone()),
         pre_keys: Guarded::<dyn PreKeyPool>::new(db.clone(), health.clone()),
         queue: Guarded::<dyn MessageQueue>::new(db.clone(), health.clone()),
-        bus: Arc::new(LocalBus::new()),
+        bus,
+        presence: Arc::new(MemoryPresence::default()),
+        lease: Arc::new(MemoryLease::default()),
         limits,
         probes: vec![Guarded::<dyn Probe>::new(db, health.clone())],
         health: vec![health],
@@ -122,8 +127,7 @@ async fn add_device_locked(
     conn: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     aci: Aci,
     device: &NewDevice,
-    max_devices: u32,
-    reuse_after: i64,
+    slots: &DeviceSlots,
 ) -> StoreResult<Result<DeviceId, AddDeviceError>> {
     let ids: Vec<i64> = sqlx::query_scalar(
         "SELECT d.device_id FROM accounts a JOIN devices d ON d.aci = a.aci WHERE a.aci = ? ORDER BY d.device_id",
@@ -134,18 +138,16 @@ async fn add_device_locked(
     if ids.is_empty() {
         return Ok(Err(AddDeviceError::NoAccount));
     }
-    if ids.len() >= max_devices as usize {
-        return Ok(Err(AddDeviceError::TooManyDevices));
-    }
-    let resting: Vec<i64> =
-        sqlx::query_scalar("SELECT device_id FROM removed_devices WHERE aci = ? AND removed_at > ?")
-            .bind(aci_text(aci))
-            .bind(reuse_after)
-            .fetch_all(&mut **conn)
-            .await?;
-    let Some(id) = (2..=i64::from(DeviceId::MAX)).find(|n| !ids.contains(n) && !resting.contains(n)) else {
+    let given_up: Vec<(i64, i64)> = sqlx::query_as("SELECT device_id, removed_at FROM removed_devices WHERE aci = ?")
+        .bind(aci_text(aci))
+        .fetch_all(&mut **conn)
+        .await?;
+    let taken: Vec<DeviceId> = ids.iter().map(|id| DeviceId(*id as u32)).collect();
+    let given_up: Vec<(DeviceId, i64)> = given_up.into_iter().map(|(id, at)| (DeviceId(id as u32), at)).collect();
+    let Some(DeviceId(id)) = slots.pick(&taken, &given_up) else {
         return Ok(Err(AddDeviceError::TooManyDevices));
     };
+    let id = i64::from(id);
     sqlx::query(
         "INSERT INTO devices (aci, device_id, registration_id, incarnation, secret_salt, secret_hash, name, created_at,
                               last_seen_day)
@@ -175,13 +177,12 @@ impl AccountStore for Sqlite {
     ) -> StoreResult<Result<(), CreateAccountError>> {
         let mut tx = self.writer.begin().await?;
         if let Some(hash) = invite {
-            let consumed = sqlx::query("DELETE FROM invites WHERE code_hash = ? AND expires_at > ?")
-                .bind(&hash[..])
-                .bind(now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if consumed != 1 {
+            let expires_at: Option<i64> =
+                sqlx::query_scalar("DELETE FROM invites WHERE code_hash = ? RETURNING expires_at")
+                    .bind(&hash[..])
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if !expires_at.is_some_and(|at| crate::domain::is_live(at, now)) {
                 return Ok(Err(CreateAccountError::InvalidInvite));
             }
         }
@@ -223,12 +224,11 @@ impl AccountStore for Sqlite {
         &self,
         aci: Aci,
         device: &NewDevice,
-        max_devices: u32,
-        reuse_after: i64,
+        slots: &DeviceSlots,
     ) -> StoreResult<Result<DeviceId, AddDeviceError>> {
         // BEGIN IMMEDIATE takes the write lock before reading, so the count cannot change under us.
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let result = add_device_locked(&mut tx, aci, device, max_devices, reuse_after).await?;
+        let result = add_device_locked(&mut tx, aci, device, slots).await?;
         if result.is_ok() {
             tx.commit().await?;
         }
@@ -365,15 +365,14 @@ impl AccountStore for Sqlite {
         Ok(())
     }
 
-    async fn consume_link_code(&self, code_hash: [u8; 32], now: i64) -> StoreResult<Option<Aci>> {
+    async fn consume_link_code(&self, code_hash: [u8; 32]) -> StoreResult<Option<(Aci, i64)>> {
         let row = sqlx::query("DELETE FROM link_codes WHERE code_hash = ? RETURNING aci, expires_at")
             .bind(&code_hash[..])
             .fetch_optional(&self.writer)
             .await?;
         let Some(row) = row else { return Ok(None) };
-        let expires_at: i64 = row.try_get("expires_at")?;
-        Ok((expires_at > now)
-            .then_some(Aci::parse(&row.try_get::<String, _>("aci")?).ok_or(StoreError::Corrupt("aci"))?))
+        let aci = Aci::parse(&row.try_get::<String, _>("aci")?).ok_or(StoreError::Corrupt("aci"))?;
+        Ok(Some((aci, row.try_get("expires_at")?)))
     }
 
     async fn reap_codes(&self, now: i64) -> StoreResult<u64> {
@@ -679,6 +678,86 @@ impl Default for LocalBus {
     }
 }
 
+impl LocalBus {
+    /// Tells this process's socket of the device, if any, to look at its queue.
+    pub fn wake(&self, aci: Aci, device: DeviceId) {
+        if self.subscribed.lock().unwrap_or_else(|p| p.into_inner()).contains(&(aci, device)) {
+            let _ = self.sender.send(BusMessage::Device(aci, device, BusEvent::Wake));
+        }
+    }
+}
+
+/// Which devices have a socket in this process (one process: no expiry needed, but honoured).
+#[derive(Default)]
+pub struct MemoryPresence {
+    connected: Mutex<HashMap<(Aci, DeviceId), (u64, Instant)>>,
+}
+
+#[async_trait]
+impl Presence for MemoryPresence {
+    async fn connected(&self, aci: Aci, device: DeviceId, connection: u64, ttl: Duration) -> StoreResult<()> {
+        self.connected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((aci, device), (connection, Instant::now() + ttl));
+        Ok(())
+    }
+
+    async fn disconnected(&self, aci: Aci, device: DeviceId, connection: u64) -> StoreResult<()> {
+        let mut connected = self.connected.lock().unwrap_or_else(|p| p.into_inner());
+        if connected.get(&(aci, device)).is_some_and(|(id, _)| *id == connection) {
+            connected.remove(&(aci, device));
+        }
+        Ok(())
+    }
+
+    async fn is_connected(&self, aci: Aci, device: DeviceId) -> StoreResult<bool> {
+        let connected = self.connected.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(connected.get(&(aci, device)).is_some_and(|(_, until)| *until > Instant::now()))
+    }
+}
+
+/// Leases of one process: granted to whoever asks while free; the fencing token still grows.
+#[derive(Default)]
+pub struct MemoryLease {
+    held: Mutex<HashMap<String, (String, u64, Instant)>>,
+    tokens: std::sync::atomic::AtomicU64,
+}
+
+#[async_trait]
+impl Lease for MemoryLease {
+    async fn acquire(&self, name: &str, holder: &str, ttl: Duration) -> StoreResult<Option<u64>> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if held.get(name).is_some_and(|(_, _, until)| *until > now) {
+            return Ok(None);
+        }
+        let token = self.tokens.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        held.insert(name.to_owned(), (holder.to_owned(), token, now + ttl));
+        Ok(Some(token))
+    }
+
+    async fn renew(&self, name: &str, holder: &str, token: u64, ttl: Duration) -> StoreResult<bool> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        match held.get_mut(name) {
+            Some((who, t, until)) if who == holder && *t == token && *until > now => {
+                *until = now + ttl;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn release(&self, name: &str, holder: &str, token: u64) -> StoreResult<()> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if held.get(name).is_some_and(|(who, t, _)| who == holder && *t == token) {
+            held.remove(name);
+        }
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl Bus for LocalBus {
     async fn publish(&self, aci: Aci, device: DeviceId, event: BusEvent) -> StoreResult<bool> {
@@ -760,7 +839,7 @@ impl Sqlite {
 /// Takes whatever ops are waiting (at least one, at most [`MAX_BATCH`]) and commits them in one
 /// transaction. Results are released only after the commit, so a push is answered only once it is durable.
 /// If the batch fails as a whole, each op is retried alone, so one bad op cannot fail its neighbours.
-async fn run_batches(pool: SqlitePool, mut queued: tokio::sync::mpsc::Receiver<WriteOp>) {
+async fn run_batches(pool: SqlitePool, mut queued: tokio::sync::mpsc::Receiver<WriteOp>, bus: Arc<LocalBus>) {
     let mut lengths = QueueLengths::default();
     while let Some(first) = queued.recv().await {
         if lengths.known.len() > MAX_KNOWN_LENGTHS {
@@ -777,6 +856,7 @@ async fn run_batches(pool: SqlitePool, mut queued: tokio::sync::mpsc::Receiver<W
         match apply_batch(&pool, &ops, &mut lengths).await {
             Ok(results) => {
                 for (op, result) in ops.into_iter().zip(results) {
+                    wake_if_queued(&bus, &op, &result);
                     answer(op, Ok(result));
                 }
             }
@@ -784,6 +864,9 @@ async fn run_batches(pool: SqlitePool, mut queued: tokio::sync::mpsc::Receiver<W
                 for op in ops {
                     let result =
                         apply_batch(&pool, std::slice::from_ref(&op), &mut lengths).await.map(|mut r| r.remove(0));
+                    if let Ok(applied) = &result {
+                        wake_if_queued(&bus, &op, applied);
+                    }
                     answer(op, result);
                 }
             }
@@ -792,6 +875,15 @@ async fn run_batches(pool: SqlitePool, mut queued: tokio::sync::mpsc::Receiver<W
                     answer(op, Err(StoreError::Failed(err.to_string())));
                 }
             }
+        }
+    }
+}
+
+/// Once a push is committed, the sockets of its devices hear of it (the queue owns the wake-up).
+fn wake_if_queued(bus: &LocalBus, op: &WriteOp, result: &Applied) {
+    if let (WriteOp::Push { aci, items, .. }, Applied::Push(PushOutcome::Queued)) = (op, result) {
+        for (recipient, _) in items {
+            bus.wake(*aci, recipient.device);
         }
     }
 }
@@ -924,7 +1016,7 @@ async fn push_in(
             .execute(&mut **tx)
             .await?;
     }
-    Ok(PushOutcome::Queued(Pushed { notified: false }))
+    Ok(PushOutcome::Queued)
 }
 
 async fn claim_in(

@@ -18,6 +18,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::*;
+use crate::config::RateLimit;
+use crate::domain::{AccessKey, Aci, DeviceId, DeviceSlots};
 
 /// Availability of one store, as its calls see it.
 pub struct StoreHealth {
@@ -120,7 +122,7 @@ macro_rules! guard_trait {
 guard_trait!(AccountStore {
     fn create_account(&self, account: &NewAccount, invite: Option<[u8; 32]>, now: i64) -> Result<(), CreateAccountError>;
     fn create_invite(&self, code_hash: [u8; 32], expires_at: i64) -> ();
-    fn add_device(&self, aci: Aci, device: &NewDevice, max_devices: u32, reuse_after: i64) -> Result<DeviceId, AddDeviceError>;
+    fn add_device(&self, aci: Aci, device: &NewDevice, slots: &DeviceSlots) -> Result<DeviceId, AddDeviceError>;
     fn approve(&self, aci: Aci) -> bool;
     fn account(&self, aci: Aci) -> Option<Account>;
     fn device_credentials(&self, aci: Aci, device: DeviceId) -> Option<DeviceCredentials>;
@@ -130,7 +132,7 @@ guard_trait!(AccountStore {
     fn delete_account(&self, aci: Aci) -> bool;
     fn set_access(&self, aci: Aci, key: Option<AccessKey>, unrestricted: bool) -> bool;
     fn create_link_code(&self, code_hash: [u8; 32], aci: Aci, expires_at: i64) -> ();
-    fn consume_link_code(&self, code_hash: [u8; 32], now: i64) -> Option<Aci>;
+    fn consume_link_code(&self, code_hash: [u8; 32]) -> Option<(Aci, i64)>;
     fn ping(&self) -> ();
 } unguarded {
     async fn reap_codes(&self, now: i64) -> StoreResult<u64> {
@@ -187,4 +189,16 @@ guard_trait!(Probe {
     fn name(&self) -> &'static str {
         self.inner.name()
     }
+});
+
+guard_trait!(Presence {
+    fn connected(&self, aci: Aci, device: DeviceId, connection: u64, ttl: Duration) -> ();
+    fn disconnected(&self, aci: Aci, device: DeviceId, connection: u64) -> ();
+    fn is_connected(&self, aci: Aci, device: DeviceId) -> bool;
+});
+
+guard_trait!(Lease {
+    fn acquire(&self, name: &str, holder: &str, ttl: Duration) -> Option<u64>;
+    fn renew(&self, name: &str, holder: &str, token: u64, ttl: Duration) -> bool;
+    fn release(&self, name: &str, holder: &str, token: u64) -> ();
 });

@@ -18,7 +18,9 @@ use sqlx::{Connection, PgPool, Row};
 
 use super::guard::{Guarded, StoreHealth};
 use super::*;
+use crate::config::{Config, RateLimit};
 use crate::domain::{AccessKey, EcPublicKey, Incarnation, KemPublicKey, RegistrationId, Signature};
+use crate::domain::{Aci, DeviceId, DeviceSlots};
 
 const KIND_EC: i16 = 1;
 const KIND_KEM: i16 = 2;
@@ -48,7 +50,12 @@ pub async fn migrate_only(config: &Config, database_url: &str) -> StoreResult<us
     Ok(ran)
 }
 
-pub async fn connect(config: &Config, database_url: &str, redis_url: &str) -> StoreResult<Storage> {
+pub async fn connect(
+    config: &Config,
+    database_url: &str,
+    redis_url: &str,
+    _tasks: &crate::shutdown::Tasks,
+) -> StoreResult<Storage> {
     let options = pg_options(config, database_url).await?;
     {
         let mut conn = sqlx::PgConnection::connect_with(&options).await?;
@@ -74,6 +81,8 @@ pub async fn connect(config: &Config, database_url: &str, redis_url: &str) -> St
         pre_keys: Guarded::<dyn PreKeyPool>::new(redis.clone(), redis_health.clone()),
         queue: Guarded::<dyn MessageQueue>::new(redis.clone(), redis_health.clone()),
         bus: Guarded::<dyn Bus>::new(Arc::new(bus), redis_health.clone()),
+        presence: Arc::new(super::embedded::MemoryPresence::default()),
+        lease: Arc::new(super::embedded::MemoryLease::default()),
         limits: Guarded::<dyn RateLimitStore>::new(redis.clone(), redis_health.clone()),
         probes: vec![
             Guarded::<dyn Probe>::new(postgres, pg_health.clone()),
@@ -129,13 +138,12 @@ impl AccountStore for Postgres {
     ) -> StoreResult<Result<(), CreateAccountError>> {
         let mut tx = self.pool.begin().await?;
         if let Some(hash) = invite {
-            let consumed = sqlx::query("DELETE FROM invites WHERE code_hash = $1 AND expires_at > $2")
-                .bind(&hash[..])
-                .bind(now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if consumed != 1 {
+            let expires_at: Option<i64> =
+                sqlx::query_scalar("DELETE FROM invites WHERE code_hash = $1 RETURNING expires_at")
+                    .bind(&hash[..])
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if !expires_at.is_some_and(|at| crate::domain::is_live(at, now)) {
                 return Ok(Err(CreateAccountError::InvalidInvite));
             }
         }
@@ -177,8 +185,7 @@ impl AccountStore for Postgres {
         &self,
         aci: Aci,
         device: &NewDevice,
-        max_devices: u32,
-        reuse_after: i64,
+        slots: &DeviceSlots,
     ) -> StoreResult<Result<DeviceId, AddDeviceError>> {
         let mut tx = self.pool.begin().await?;
         // Locking the account row serialises concurrent links of one account.
@@ -191,18 +198,17 @@ impl AccountStore for Postgres {
         }
         let ids: Vec<i32> =
             sqlx::query_scalar("SELECT device_id FROM devices WHERE aci = $1").bind(aci.0).fetch_all(&mut *tx).await?;
-        if ids.len() >= max_devices as usize {
-            return Ok(Err(AddDeviceError::TooManyDevices));
-        }
-        let resting: Vec<i32> =
-            sqlx::query_scalar("SELECT device_id FROM removed_devices WHERE aci = $1 AND removed_at > $2")
+        let given_up: Vec<(i32, i64)> =
+            sqlx::query_as("SELECT device_id, removed_at FROM removed_devices WHERE aci = $1")
                 .bind(aci.0)
-                .bind(reuse_after)
                 .fetch_all(&mut *tx)
                 .await?;
-        let Some(id) = (2..=DeviceId::MAX as i32).find(|n| !ids.contains(n) && !resting.contains(n)) else {
+        let taken: Vec<DeviceId> = ids.iter().map(|id| DeviceId(*id as u32)).collect();
+        let given_up: Vec<(DeviceId, i64)> = given_up.into_iter().map(|(id, at)| (DeviceId(id as u32), at)).collect();
+        let Some(DeviceId(id)) = slots.pick(&taken, &given_up) else {
             return Ok(Err(AddDeviceError::TooManyDevices));
         };
+        let id = id as i32;
         sqlx::query(
             "INSERT INTO devices (aci, device_id, registration_id, incarnation, secret_salt, secret_hash, name, created_at,
                                   last_seen_day)
@@ -350,14 +356,13 @@ impl AccountStore for Postgres {
         Ok(())
     }
 
-    async fn consume_link_code(&self, code_hash: [u8; 32], now: i64) -> StoreResult<Option<Aci>> {
+    async fn consume_link_code(&self, code_hash: [u8; 32]) -> StoreResult<Option<(Aci, i64)>> {
         let row = sqlx::query("DELETE FROM link_codes WHERE code_hash = $1 RETURNING aci, expires_at")
             .bind(&code_hash[..])
             .fetch_optional(&self.pool)
             .await?;
         let Some(row) = row else { return Ok(None) };
-        let expires_at: i64 = row.try_get("expires_at")?;
-        Ok((expires_at > now).then_some(Aci(row.try_get("aci")?)))
+        Ok(Some((Aci(row.try_get("aci")?), row.try_get("expires_at")?)))
     }
 
     async fn reap_codes(&self, now: i64) -> StoreResult<u64> {
@@ -919,7 +924,7 @@ impl Redis {
         args.push(RedisValue::Bytes(BusEvent::Wake.encode().into()));
         let reply: Vec<i64> = self.push.evalsha_with_reload(self.pool.next_connected(), keys, args).await?;
         match reply.as_slice() {
-            [0, _] => Ok(PushOutcome::Queued(Pushed { notified: true })),
+            [0, _] => Ok(PushOutcome::Queued),
             [1, wait] => Ok(PushOutcome::Limited(Duration::from_millis((*wait).max(1) as u64))),
             [code @ (2 | 3), index] => {
                 let device = items.get((*index - 1).max(0) as usize).map(|(r, _)| r.device);

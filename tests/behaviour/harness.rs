@@ -241,8 +241,8 @@ impl TestServer {
 
     /// Adds a device to the user's account straight through storage (the linking flow is tested apart).
     pub async fn add_device(&self, user: &User, registration_id: u16) -> User {
-        let horizon = sealpost::accounts::linking::id_reuse_horizon(&self.config, sealpost::domain::now_millis());
-        self.add_device_reusing_ids_after(user, registration_id, horizon).await
+        let slots = sealpost::accounts::linking::device_slots(&self.config, sealpost::domain::now_millis());
+        self.add_device_reusing_ids_after(user, registration_id, slots.reuse_after).await
     }
 
     /// As [`Self::add_device`], but an id given up after `reuse_after` (ms) may be handed out again: with
@@ -263,7 +263,11 @@ impl TestServer {
             .app
             .storage
             .accounts
-            .add_device(aci, &device, self.config.max_devices, reuse_after)
+            .add_device(
+                aci,
+                &device,
+                &sealpost::domain::DeviceSlots { max_devices: self.config.max_devices, reuse_after },
+            )
             .await
             .expect("storage")
             .expect("device added");

@@ -1,0 +1,205 @@
+//! The records that cross the storage seam: what the capabilities hand to the stores and get back.
+
+use std::time::Duration;
+
+use crate::config::RateLimit;
+use crate::domain::{AccessKey, Aci, DeviceId, EcPublicKey, Incarnation, KemPublicKey, RegistrationId, Signature};
+
+/// What registration writes for a new account and its primary device.
+pub struct NewAccount {
+    pub aci: Aci,
+    pub identity_key: EcPublicKey,
+    pub registration_id: RegistrationId,
+    /// Incarnation of the primary device.
+    pub incarnation: Incarnation,
+    pub secret_salt: [u8; 16],
+    pub secret_hash: [u8; 32],
+    pub approved: bool,
+    pub created_at: i64,
+}
+
+/// Why an account could not be created.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CreateAccountError {
+    InvalidInvite,
+}
+
+/// A device being linked to an existing account.
+pub struct NewDevice {
+    pub registration_id: RegistrationId,
+    pub incarnation: Incarnation,
+    pub secret_salt: [u8; 16],
+    pub secret_hash: [u8; 32],
+    /// Client-encrypted device name; opaque to the server.
+    pub name: Option<Vec<u8>>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum AddDeviceError {
+    NoAccount,
+    TooManyDevices,
+}
+
+/// The parts of an account other capabilities read.
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub aci: Aci,
+    pub identity_key: EcPublicKey,
+    pub access_key: Option<AccessKey>,
+    pub unrestricted_access: bool,
+    pub approved: bool,
+}
+
+/// What token issuance needs to check a device secret.
+#[derive(Debug, Clone)]
+pub struct DeviceCredentials {
+    pub incarnation: Incarnation,
+    pub secret_salt: Vec<u8>,
+    pub secret_hash: Vec<u8>,
+    pub approved: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    pub id: DeviceId,
+    pub registration_id: RegistrationId,
+    pub incarnation: Incarnation,
+    pub created_at: i64,
+    /// Start of the UTC day the device last obtained a token.
+    pub last_seen_day: i64,
+    /// Client-encrypted name, opaque to the server.
+    pub name: Option<Vec<u8>>,
+}
+
+/// A signed key as uploaded: EC signed prekey or Kyber key with the identity key's XEdDSA signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedEcKey {
+    pub key_id: u32,
+    pub public_key: EcPublicKey,
+    pub signature: Signature,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedKemKey {
+    pub key_id: u32,
+    pub public_key: KemPublicKey,
+    pub signature: Signature,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EcOneTimeKey {
+    pub key_id: u32,
+    pub public_key: EcPublicKey,
+}
+
+/// One validated `PUT /v1/keys`: each part present replaces what the device had of that kind.
+#[derive(Debug, Default)]
+pub struct KeyUpload {
+    pub signed_pre_key: Option<SignedEcKey>,
+    pub pq_last_resort: Option<SignedKemKey>,
+    pub pre_keys: Option<Vec<EcOneTimeKey>>,
+    pub pq_pre_keys: Option<Vec<SignedKemKey>>,
+}
+
+/// The durable keys of one device.
+#[derive(Debug, Clone)]
+pub struct DeviceKeys {
+    pub device: DeviceId,
+    pub registration_id: RegistrationId,
+    pub signed_pre_key: SignedEcKey,
+    pub pq_last_resort: SignedKemKey,
+}
+
+/// An envelope on its way into a device queue: already serialised, as it will be delivered.
+#[derive(Debug, Clone)]
+pub struct NewEnvelope {
+    pub guid: [u8; 16],
+    /// Milliseconds since the epoch after which the envelope is never delivered.
+    pub expires_at: i64,
+    pub envelope: Vec<u8>,
+}
+
+/// An envelope waiting in a device queue.
+#[derive(Debug, Clone)]
+pub struct QueuedEnvelope {
+    /// Position in the device's queue: increases with every insert.
+    pub seq: u64,
+    pub guid: [u8; 16],
+    pub expires_at: i64,
+    pub envelope: Vec<u8>,
+}
+
+/// A rate-limit bucket as storage sees it: a name, an opaque (pseudonymous) key and the limit.
+#[derive(Debug, Clone)]
+pub struct RateBucket {
+    pub name: &'static str,
+    pub key: [u8; 16],
+    pub limit: RateLimit,
+}
+
+/// A device an envelope is queued for, in the incarnation the sender's view of the account names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Recipient {
+    pub device: DeviceId,
+    pub incarnation: Incarnation,
+}
+
+/// What a push did. Every outcome but `Queued` queued nothing for any device.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// Queued for every device, and their listening sockets woken.
+    Queued,
+    /// This device's queue already holds the most envelopes allowed.
+    Full(DeviceId),
+    /// This device, in the incarnation named, has been removed (the sender's view was stale).
+    Gone(DeviceId),
+    /// The bucket was empty; a token is due after this long.
+    Limited(Duration),
+}
+
+/// What travels between instances about one device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusEvent {
+    /// New envelopes were queued: look at the queue.
+    Wake,
+    /// An envelope for connected sockets only (`online: true`): never stored.
+    Ephemeral(Vec<u8>),
+    /// A socket with this connection id opened: every older socket of the device must close (4409).
+    Displace(u64),
+    /// The device was removed: its sockets must close (4401).
+    Revoke,
+}
+
+impl BusEvent {
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            BusEvent::Wake => vec![0],
+            BusEvent::Ephemeral(bytes) => [&[1u8][..], bytes].concat(),
+            BusEvent::Displace(id) => [&[2u8][..], &id.to_be_bytes()].concat(),
+            BusEvent::Revoke => vec![3],
+        }
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<BusEvent> {
+        match bytes.split_first()? {
+            (0, []) => Some(BusEvent::Wake),
+            (1, rest) => Some(BusEvent::Ephemeral(rest.to_vec())),
+            (2, rest) => Some(BusEvent::Displace(u64::from_be_bytes(rest.try_into().ok()?))),
+            (3, []) => Some(BusEvent::Revoke),
+            _ => None,
+        }
+    }
+}
+
+/// What the bus hands to this instance's delivery hub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusMessage {
+    Device(Aci, DeviceId, BusEvent),
+    /// A provisioning message for the socket holding this address.
+    Provisioning(String, Vec<u8>),
+    /// Cached facts about this account changed: forget them.
+    Invalidate(Aci),
+    /// Some events were lost on the way (the subscriber fell behind): every local socket re-reads its queue.
+    WakeAll,
+}
