@@ -9,6 +9,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::domain::DomainError;
 use crate::storage::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -23,16 +24,9 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("request body is too large")]
     PayloadTooLarge,
-    #[error("field `{0}` is not valid standard base64")]
-    BadBase64(&'static str),
-    #[error("field `{0}` has the wrong length")]
-    InvalidKeyLength(&'static str),
-    #[error("field `{0}` has the wrong key type byte")]
-    InvalidKeyType(&'static str),
-    #[error("registrationId must be in 1..=16380")]
-    InvalidRegistrationId,
-    #[error("deviceSecret must be 32 to 64 bytes")]
-    InvalidDeviceSecret,
+    /// A value that does not parse (base64, a key's length or type, a registration id, a secret).
+    #[error(transparent)]
+    Invalid(#[from] DomainError),
     #[error("keyId must be in 1..=16777215")]
     InvalidKeyId,
     #[error("a key list holds more keys than allowed ({0})")]
@@ -104,19 +98,8 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         use ApiError::*;
         match self {
-            MalformedJson(_)
-            | InvalidBody(_)
-            | UnknownField(_)
-            | BadBase64(_)
-            | InvalidKeyLength(_)
-            | InvalidKeyType(_)
-            | InvalidRegistrationId
-            | InvalidDeviceSecret
-            | InvalidKeyId
-            | TooManyKeys(_)
-            | DuplicateKeyId
-            | InvalidPath
-            | InvalidQuery => StatusCode::BAD_REQUEST,
+            MalformedJson(_) | InvalidBody(_) | UnknownField(_) | Invalid(_) | InvalidKeyId | TooManyKeys(_)
+            | DuplicateKeyId | InvalidPath | InvalidQuery => StatusCode::BAD_REQUEST,
             RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -148,11 +131,7 @@ impl ApiError {
             UnknownField(_) => "unknown_field",
             UnsupportedMediaType => "unsupported_media_type",
             PayloadTooLarge => "payload_too_large",
-            BadBase64(_) => "bad_base64",
-            InvalidKeyLength(_) => "invalid_key_length",
-            InvalidKeyType(_) => "invalid_key_type",
-            InvalidRegistrationId => "invalid_registration_id",
-            InvalidDeviceSecret => "invalid_device_secret",
+            Invalid(err) => err.code(),
             InvalidKeyId => "invalid_key_id",
             TooManyKeys(_) => "too_many_keys",
             DuplicateKeyId => "duplicate_key_id",
@@ -227,5 +206,11 @@ impl IntoResponse for ApiError {
             response.headers_mut().insert(header::RETRY_AFTER, value);
         }
         response
+    }
+}
+
+impl IntoResponse for StoreError {
+    fn into_response(self) -> Response {
+        ApiError::from(self).into_response()
     }
 }

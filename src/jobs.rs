@@ -9,15 +9,15 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::storage::Storage;
 
-pub fn start(storage: Storage, config: &Config, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+pub fn start(storage: Storage, config: &Config, tasks: &crate::shutdown::Tasks) {
     let every = Duration::from_secs(config.reap_interval_seconds.max(1));
-    tokio::spawn(async move {
+    tasks.spawn("reaper", |mut shutdown| async move {
         let mut ticker = tokio::time::interval(every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
-                _ = crate::delivery::websocket::stopped(&mut shutdown) => break,
+                _ = shutdown.recv() => break,
             }
             match storage.queue.reap(crate::domain::now_millis()).await {
                 Ok(0) => {}

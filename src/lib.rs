@@ -5,6 +5,7 @@
 //! delivers them over WebSocket until acknowledged, and issues sealed-sender certificates. See `docs/` for
 //! the API and the deployment guide.
 
+pub mod access;
 pub mod accounts;
 pub mod config;
 pub mod crypto;
@@ -17,8 +18,11 @@ pub mod jobs;
 pub mod keys;
 pub mod limits;
 pub mod messages;
+pub mod relay;
+pub mod routes;
 pub mod server_keys;
 pub mod shutdown;
+pub mod state;
 pub mod storage;
 pub mod telemetry;
 
@@ -29,49 +33,12 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
-use crate::http::App;
-use crate::limits::Limiter;
-use crate::server_keys::ServerKeys;
-use crate::storage::Storage;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("storage: {0}")]
-    Storage(#[from] storage::StoreError),
-    #[error("server keys: {0}")]
-    Keys(#[from] server_keys::KeyError),
-}
+use crate::state::App;
+pub use crate::state::StartError;
 
 /// Connects storage (applying migrations), creates missing server keys and loads them.
 pub async fn build_app(config: Config) -> Result<Arc<App>, StartError> {
-    let created = server_keys::generate_missing(&config)?;
-    if !created.is_empty() {
-        tracing::info!(count = created.len(), "created missing server key files");
-    }
-    let keys = ServerKeys::load(&config)?;
-    let tasks = shutdown::Tasks::default();
-    let storage = Storage::connect(&config, &tasks).await?;
-    let limiter = Limiter::new(storage.limits.clone(), keys.pseudonym_key);
-    let directory =
-        Arc::new(directory::Directory::new(storage.clone(), Duration::from_secs(config.directory_cache_seconds)));
-    let hub = delivery::Hub::start(storage.bus.clone(), directory.clone());
-    let certifier = messages::certificates::Certifier::new(&keys.trust_root, keys.server_cert.clone());
-    let (shutdown_trigger, shutdown) = tokio::sync::watch::channel(false);
-    jobs::start(storage.clone(), &config, shutdown.clone());
-    Ok(Arc::new(App {
-        limiter,
-        storage,
-        keys,
-        metrics: telemetry::metrics_handle(),
-        hub,
-        directory,
-        tokens: Default::default(),
-        certifier,
-        shutdown,
-        shutdown_trigger,
-        tasks,
-        config,
-    }))
+    App::build(config).await
 }
 
 /// Serves the API on `listener` and metrics on `metrics_listener` until `shutdown` completes, then stops
@@ -84,8 +51,8 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let grace = Duration::from_secs(app.config.shutdown_grace_seconds);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let api = http::router(app.clone());
-    let metrics = http::metrics_router(app.clone());
+    let api = routes::api(app.clone());
+    let metrics = routes::metrics(app.clone());
     let limits = http::listener::ListenerLimits {
         header_read_timeout: Duration::from_secs(app.config.header_read_timeout_seconds),
         max_connections: app.config.max_connections,

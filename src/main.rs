@@ -120,7 +120,7 @@ async fn run(command: Command, loaded: Loaded) -> Result<(), Box<dyn std::error:
             let tasks = sealpost::shutdown::Tasks::default();
             let storage = Storage::connect(&config, &tasks).await?;
             let ttl = ttl_seconds.unwrap_or(config.invite_ttl_seconds);
-            let code = sealpost::accounts::create_invite(&storage, ttl).await?;
+            let code = sealpost::accounts::service::create_invite(&storage, ttl).await?;
             println!("{code}");
             Ok(())
         }

@@ -3,6 +3,7 @@
 //!
 //! The server never holds a user's private key; the only private keys here are the server's own.
 
+pub mod sender_certificate;
 pub mod xeddsa;
 
 use hmac::{Hmac, Mac};

@@ -1,7 +1,8 @@
 //! Delivery: authenticated WebSockets that carry queued envelopes to a device and its acknowledgements back.
 //!
-//! Owns: the registry of this instance's open sockets ([`Hub`]), the per-socket delivery loop
-//! ([`websocket`]) and the wire framing ([`proto`]).
+//! Owns: the registry of this instance's open sockets ([`Hub`]), which also tells every instance which
+//! devices are connected (presence), the per-socket delivery loop ([`websocket`]) and the wire framing
+//! ([`proto`]).
 //! Invariants: an envelope leaves its queue only when the device answers its request with a 2xx status;
 //! a device has at most one socket across all instances (a newer one closes the older with 4409); a removed
 //! device's socket is closed at once (4401).
@@ -16,8 +17,15 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
+use crate::directory::Directory;
 use crate::domain::{Aci, DeviceId};
-use crate::storage::{Bus, BusEvent, BusMessage, StoreResult};
+use crate::shutdown::Tasks;
+use crate::storage::{Bus, BusEvent, BusMessage, Presence, Storage, StoreResult};
+
+/// How long a connected device stays marked present without renewal; sockets renew it every
+/// [`PRESENCE_RENEW`], so a crashed instance's devices count as offline again within this.
+pub const PRESENCE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+pub const PRESENCE_RENEW: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Events waiting for one socket; beyond this the socket is too slow and further wakes are dropped (the
 /// socket re-reads its queue anyway once it catches up).
@@ -31,6 +39,7 @@ pub struct Hub {
     /// Provisioning sockets by address: each waits for one message.
     provisioning: Mutex<HashMap<String, tokio::sync::oneshot::Sender<Vec<u8>>>>,
     bus: Arc<dyn Bus>,
+    presence: Arc<dyn Presence>,
     /// Serialises subscribe/unsubscribe so a quick reconnect can never end unsubscribed.
     subscriptions: tokio::sync::Mutex<()>,
     last_connection_id: std::sync::atomic::AtomicU64,
@@ -43,20 +52,25 @@ pub struct Registration {
 }
 
 impl Hub {
-    /// Creates the hub and starts dispatching the bus's events to local sockets.
-    pub fn start(bus: Arc<dyn Bus>, directory: Arc<crate::directory::Directory>) -> Arc<Hub> {
+    /// Creates the hub and starts dispatching the bus's events to local sockets (a task on `tasks`).
+    pub fn start(storage: &Storage, directory: Arc<Directory>, tasks: &Tasks) -> Arc<Hub> {
         let hub = Arc::new(Hub {
             sockets: Mutex::default(),
             provisioning: Mutex::default(),
-            bus: bus.clone(),
+            bus: storage.bus.clone(),
+            presence: storage.presence.clone(),
             subscriptions: Default::default(),
             last_connection_id: Default::default(),
         });
-        if let Some(mut events) = bus.events() {
+        if let Some(mut events) = storage.bus.events() {
             let weak = Arc::downgrade(&hub);
-            tokio::spawn(async move {
-                while let Some(message) = events.recv().await {
-                    let Some(hub) = weak.upgrade() else { break };
+            tasks.spawn("delivery hub", |mut shutdown| async move {
+                loop {
+                    let message = tokio::select! {
+                        message = events.recv() => message,
+                        _ = shutdown.recv() => None,
+                    };
+                    let (Some(message), Some(hub)) = (message, weak.upgrade()) else { break };
                     match message {
                         BusMessage::Device(aci, device, event) => hub.dispatch(aci, device, event),
                         BusMessage::Provisioning(address, body) => hub.deliver_provisioning(&address, body),
@@ -67,6 +81,11 @@ impl Hub {
             });
         }
         hub
+    }
+
+    /// Marks the device present (any instance can see it) for another [`PRESENCE_TTL`].
+    pub async fn renew_presence(&self, aci: Aci, device: DeviceId, connection_id: u64) -> StoreResult<()> {
+        self.presence.connected(aci, device, connection_id, PRESENCE_TTL).await
     }
 
     /// Ids grow with time (milliseconds, then 16 random bits) and strictly within this instance, so a
@@ -110,7 +129,11 @@ impl Hub {
             }
         }
         metrics::gauge!("sealpost_websockets_open").increment(1.0);
-        if let Err(err) = self.bus.publish(aci, device, BusEvent::Displace(connection_id)).await {
+        let announced = async {
+            self.presence.connected(aci, device, connection_id, PRESENCE_TTL).await?;
+            self.bus.publish(aci, device, BusEvent::Displace(connection_id)).await
+        };
+        if let Err(err) = announced.await {
             self.unregister(aci, device, connection_id).await;
             return Err(err);
         }
@@ -137,7 +160,11 @@ impl Hub {
         let _guard = self.subscriptions.lock().await;
         let last = self.forget(aci, device, connection_id);
         if last && let Err(err) = self.bus.unsubscribe(aci, device).await {
-            tracing::warn!(error = %err, "bus unsubscribe failed");
+            tracing::debug!(error = %err, "bus unsubscribe failed");
+        }
+        // A newer socket of the device (here or elsewhere) keeps it marked: only this connection's mark goes.
+        if let Err(err) = self.presence.disconnected(aci, device, connection_id).await {
+            tracing::debug!(error = %err, "presence could not be cleared; it expires by itself");
         }
         metrics::gauge!("sealpost_websockets_open").decrement(1.0);
     }

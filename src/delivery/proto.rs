@@ -164,7 +164,7 @@ mod tests {
 
     #[test]
     fn structs_match_the_proto_file() {
-        use crate::messages::certificates::{SenderCertificateBody, ServerCertificateBody, Signed};
+        use crate::crypto::sender_certificate::{SenderCertificateBody, ServerCertificateBody, Signed};
         let file = proto_file();
         let bytes = |n: usize| Some(vec![1u8; n]);
         let request = WebSocketRequestMessage {

@@ -15,7 +15,8 @@ use prost::Message as _;
 
 use super::proto::{WebSocketMessage, ws_type};
 use crate::error::ApiError;
-use crate::http::{App, ClientIp};
+use crate::http::ClientIp;
+use crate::state::App;
 
 pub fn routes() -> Router<Arc<App>> {
     Router::new().route("/v1/websocket/provisioning", get(upgrade))

@@ -19,11 +19,12 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::proto::{WebSocketMessage, ws_type};
+use crate::access::extract::bearer;
+use crate::access::{AuthedDevice, authenticate};
 use crate::domain::now_millis;
 use crate::error::ApiError;
-use crate::http::App;
-use crate::http::auth::{self, AuthedDevice};
 use crate::http::extract::Query;
+use crate::state::App;
 use crate::storage::BusEvent;
 
 /// Close codes.
@@ -60,8 +61,8 @@ async fn upgrade(
 ) -> Result<Response, ApiError> {
     // Browsers cannot set headers on a WebSocket: they pass the token in the query (never logged: request
     // logs name only the route template).
-    let token = auth::bearer(&headers).map(str::to_owned).or(query.token).ok_or(ApiError::Unauthorized)?;
-    let device = auth::authenticate(&app, &token).await?;
+    let token = bearer(&headers).map(str::to_owned).or(query.token).ok_or(ApiError::Unauthorized)?;
+    let device = authenticate(&app, &token).await?;
     let ws = ws.map_err(|_| ApiError::UpgradeRequired)?;
     Ok(ws
         .read_buffer_size(READ_BUFFER_BYTES)
@@ -137,7 +138,8 @@ async fn deliver(
         queue_empty_sent: false,
         recheck: false,
     };
-    let _ = connection_id;
+    // Presence is renewed while the socket lives, so other instances (and the push wakeups) know it is here.
+    let mut presence = tokio::time::interval_at(Instant::now() + super::PRESENCE_RENEW, super::PRESENCE_RENEW);
 
     let outcome = async {
     let ending = loop {
@@ -227,6 +229,7 @@ async fn deliver(
                 Some(BusEvent::Revoke) => break Ending::Close(CLOSE_REVOKED, "device removed"),
                 None => break Ending::Close(CLOSE_ERROR, "hub closed"),
             },
+            _ = presence.tick() => app.hub.renew_presence(device.aci, device.device, connection_id).await?,
             _ = tokio::time::sleep_until(deadline) => break Ending::Close(CLOSE_NORMAL, "idle"),
             _ = stopped(&mut shutdown) => break Ending::Close(CLOSE_GOING_AWAY, "server shutting down"),
         }

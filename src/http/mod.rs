@@ -1,72 +1,26 @@
-//! HTTP plumbing: the router, shared state, extractors that turn bad input into our error body, request
-//! metrics and privacy-preserving request logs. Capabilities own their handlers; this module only wires.
+//! HTTP plumbing below the capabilities: the listener, extractors that turn bad input into our error body,
+//! the client address as rate limits see it, request metrics and privacy-preserving request logs.
+//! Capabilities own their handlers and `routes` composes them; nothing here knows a capability.
 
-pub mod auth;
 pub mod extract;
 pub mod listener;
 pub mod openapi;
-mod ops;
+pub mod ops;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
-use metrics_exporter_prometheus::PrometheusHandle;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
 
-use crate::config::Config;
 use crate::error::ApiError;
-use crate::limits::Limiter;
-use crate::server_keys::ServerKeys;
-use crate::storage::Storage;
-
-/// Everything a request handler may use. One per running server (tests run many in one process).
-pub struct App {
-    pub config: Config,
-    pub storage: Storage,
-    pub keys: ServerKeys,
-    pub limiter: Limiter,
-    pub metrics: PrometheusHandle,
-    pub hub: Arc<crate::delivery::Hub>,
-    pub directory: Arc<crate::directory::Directory>,
-    pub tokens: auth::TokenCache,
-    pub certifier: crate::messages::certificates::Certifier,
-    /// Turns true when the server begins to shut down; open sockets close with 1001.
-    pub shutdown: tokio::sync::watch::Receiver<bool>,
-    pub shutdown_trigger: tokio::sync::watch::Sender<bool>,
-    /// Background tasks, stopped and joined after the last request.
-    pub tasks: crate::shutdown::Tasks,
-}
-
-pub type AppState = State<Arc<App>>;
-
-/// The public API router.
-pub fn router(app: Arc<App>) -> Router {
-    Router::new()
-        .merge(ops::routes())
-        .merge(crate::accounts::routes())
-        .merge(crate::keys::routes())
-        .merge(crate::messages::routes())
-        .merge(crate::delivery::websocket::routes())
-        .merge(crate::delivery::provisioning::routes())
-        .fallback(|| async { ApiError::NotFound })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(DefaultBodyLimit::max(app.config.max_request_bytes))
-        .layer(middleware::from_fn(observe))
-        .with_state(app)
-}
-
-/// The metrics router, served on its own listener.
-pub fn metrics_router(app: Arc<App>) -> Router {
-    ops::metrics_routes().with_state(app)
-}
+use crate::state::App;
 
 /// Counts and times every request by route template (never by concrete path, which holds ids), and logs
 /// method, template, status and latency at debug level: no path, query, header or address.
-async fn observe(request: Request, next: Next) -> Response {
+pub async fn observe(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = method_label(request.method());
     let route =
@@ -79,7 +33,7 @@ async fn observe(request: Request, next: Next) -> Response {
     .increment(1);
     metrics::histogram!("sealpost_http_request_duration_seconds", "method" => method, "route" => route.clone())
         .record(elapsed.as_secs_f64());
-    tracing::debug!(method, %route, status, latency_us = elapsed.as_micros() as u64, "request");
+    tracing::debug!(instance = %app.instance, method, %route, status, latency_us = elapsed.as_micros() as u64, "request");
     response
 }
 
@@ -141,11 +95,5 @@ pub fn bucket_address(ip: IpAddr, prefix: u8) -> IpAddr {
                 IpAddr::V6(std::net::Ipv6Addr::from(bits & mask))
             }
         },
-    }
-}
-
-impl IntoResponse for crate::storage::StoreError {
-    fn into_response(self) -> Response {
-        ApiError::from(self).into_response()
     }
 }

@@ -205,7 +205,7 @@ async fn invite_policy_takes_single_use_codes(backend: Backend) {
         .await
         .expect_error(403, "invite_required");
 
-    let code = sealpost::accounts::create_invite(&server.app.storage, 3600).await.expect("invite");
+    let code = sealpost::accounts::service::create_invite(&server.app.storage, 3600).await.expect("invite");
     let mut body = registration(&key, 5, &[1u8; 32]);
     body["inviteCode"] = json!("wrong-code");
     server.post("/v1/accounts", Auth::None, body.clone()).await.expect_error(403, "invalid_invite");
@@ -213,7 +213,7 @@ async fn invite_policy_takes_single_use_codes(backend: Backend) {
     server.post("/v1/accounts", Auth::None, body.clone()).await.expect(201);
     server.post("/v1/accounts", Auth::None, body.clone()).await.expect_error(403, "invalid_invite");
 
-    let expired = sealpost::accounts::create_invite(&server.app.storage, 0).await.expect("invite");
+    let expired = sealpost::accounts::service::create_invite(&server.app.storage, 0).await.expect("invite");
     body["inviteCode"] = json!(expired);
     server.post("/v1/accounts", Auth::None, body).await.expect_error(403, "invalid_invite");
     server.stop().await;

@@ -96,7 +96,7 @@ async fn a_removed_device_id_rests_while_its_tokens_could_live(backend: Backend)
     server.add_device(&primary, 5).await;
     server.delete("/v1/devices/2", primary.bearer()).await.expect(204);
     assert_eq!(server.add_device(&primary, 6).await.device_id, 3);
-    let rest = 1 + sealpost::http::auth::TOKEN_LEEWAY_SECONDS;
+    let rest = 1 + sealpost::access::tokens::TOKEN_LEEWAY_SECONDS;
     tokio::time::sleep(Duration::from_millis(rest * 1000 + 300)).await;
     let primary = User { token: server.token(&primary).await, ..primary };
     assert_eq!(server.add_device(&primary, 7).await.device_id, 2);

@@ -13,7 +13,7 @@ use fred::prelude::{ClientLike, LuaInterface};
 use reqwest::{Method, StatusCode, header::HeaderMap};
 use sealpost::config::{Config, ConfigValue, RateLimit};
 use sealpost::crypto::xeddsa::KeyPair;
-use sealpost::http::App;
+use sealpost::state::App;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
@@ -241,7 +241,7 @@ impl TestServer {
 
     /// Adds a device to the user's account straight through storage (the linking flow is tested apart).
     pub async fn add_device(&self, user: &User, registration_id: u16) -> User {
-        let slots = sealpost::accounts::linking::device_slots(&self.config, sealpost::domain::now_millis());
+        let slots = sealpost::accounts::link::device_slots(&self.config, sealpost::domain::now_millis());
         self.add_device_reusing_ids_after(user, registration_id, slots.reuse_after).await
     }
 

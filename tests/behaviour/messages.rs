@@ -484,7 +484,7 @@ async fn rest_fetch_pages_and_deletes(backend: Backend) {
 }
 
 async fn certificates_chain_to_the_trust_root(backend: Backend) {
-    use sealpost::messages::certificates::{SenderCertificateBody, ServerCertificateBody, Signed};
+    use sealpost::crypto::sender_certificate::{SenderCertificateBody, ServerCertificateBody, Signed};
     let server = start(backend).await;
     let bob = server.register().await;
     server.get("/v1/certificate/delivery", Auth::None).await.expect_error(401, "unauthorized");
