@@ -173,6 +173,8 @@ export async function startServer(backend, { extraEnv = {}, env = process.env } 
       SEALPOST_LIMIT_REGISTRATION_PER_IP: '10000/1m',
       SEALPOST_LIMIT_PREKEY_FETCH_PER_REQUESTER: '100000/1m',
       SEALPOST_LIMIT_PREKEY_FETCH_PER_REQUESTER_TARGET: '100000/1m',
+      // sealpost's own code at debug: a line per request, so the "never logs" checks look at real output.
+      SEALPOST_LOG: 'sealpost=debug,info',
       NO_COLOR: '1',
     },
     backendEnv(backend, env),

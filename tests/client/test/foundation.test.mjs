@@ -105,6 +105,7 @@ for (const backend of backends) {
       await running.stop();
       const out = running.output();
       assert.ok(out.length > 0, 'server printed nothing at all');
+      assert.match(out, /request .*route=/, 'the server logged its requests at debug level');
       assert.ok(!out.includes(aci), 'server output contains the ACI');
       assert.ok(!out.includes(aci.replaceAll('-', '')), 'server output contains the ACI (hex)');
       assert.ok(!out.includes(token), 'server output contains the token');

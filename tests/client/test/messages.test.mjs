@@ -656,6 +656,7 @@ for (const backend of backends) {
       await running.stop();
       const out = running.output();
       const lower = out.toLowerCase();
+      assert.match(out, /request .*route=/, 'the server logged its requests at debug level');
       for (const aci of [aliceAccount.aci, bobAccount.aci]) {
         assert.ok(!lower.includes(aci.toLowerCase()), `server output contains the ACI ${aci}`);
         assert.ok(!lower.includes(aci.replaceAll('-', '').toLowerCase()), `server output contains the ACI ${aci} (hex)`);
