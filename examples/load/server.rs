@@ -146,6 +146,8 @@ pub async fn start(bin: &Path, backend: Backend, services: &Services) -> Result<
         .env("SEALPOST_LIMIT_PREKEY_FETCH_PER_REQUESTER_TARGET", NO_LIMIT)
         .env("SEALPOST_LIMIT_MESSAGES_PER_SENDER_RECIPIENT", NO_LIMIT)
         .env("SEALPOST_MAX_QUEUE_LEN", "1000000")
+        // Every client of the tool connects from loopback: one address holds all the idle sockets.
+        .env("SEALPOST_MAX_CONNECTIONS_PER_IP", "1000000")
         // A full run lasts longer than the default token lifetime and holds sockets idle on purpose.
         .env("SEALPOST_TOKEN_TTL_SECONDS", "86400")
         .env("SEALPOST_WS_IDLE_TIMEOUT_SECONDS", "3600")
