@@ -90,6 +90,17 @@ if ! redis_up "$REDIS_URL"; then
 fi
 export SEALPOST_TEST_DATABASE_URL="$DB_URL" SEALPOST_TEST_REDIS_URL="$REDIS_URL"
 
+# The calls tests run a coturn of their own (Debian's package), installed here when it is missing.
+if ! command -v turnserver >/dev/null || ! command -v turnutils_uclient >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        log "installing coturn for the calls tests"
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq coturn; } >"$SCRATCH/apt-coturn.log" 2>&1 ||
+            { cat "$SCRATCH/apt-coturn.log" >&2; fail "could not install coturn; install with: apt-get install -y coturn"; }
+    else
+        fail "the calls tests need coturn; install with: apt-get install -y coturn"
+    fi
+fi
+
 # The outage tests start, kill and freeze Redis and Postgres servers of their own.
 command -v redis-server >/dev/null && command -v redis-cli >/dev/null ||
     fail "the outage tests need redis-server and redis-cli; install with: apt-get install -y redis-server"

@@ -335,6 +335,12 @@ config_struct! {
     directory_cache_seconds: u64 = "10", "SEALPOST_DIRECTORY_CACHE_SECONDS", false;
     /// Seconds between runs of the reaper that deletes expired envelopes and invite codes.
     reap_interval_seconds: u64 = "60", "SEALPOST_REAP_INTERVAL_SECONDS", false;
+    /// TURN server URLs handed to clients with their credentials, comma-separated (e.g. `turn:turn.example.org:3478?transport=udp,turn:turn.example.org:3478?transport=tcp,turns:turn.example.org:5349?transport=tcp`). Empty: `GET /v1/calling/relays` answers an empty list.
+    turn_urls: Option<String> = "", "SEALPOST_TURN_URLS", false;
+    /// Lifetime of a TURN credential, in seconds: coturn refuses it afterwards, also for refreshing a running call's allocation, so keep it above the longest call.
+    turn_credential_ttl_seconds: u64 = "14400", "SEALPOST_TURN_CREDENTIAL_TTL_SECONDS", false;
+    /// TURN credentials issued per device.
+    limit_turn_credentials_per_device: RateLimit = "60/1h", "SEALPOST_LIMIT_TURN_CREDENTIALS_PER_DEVICE", false;
     /// JWT signing key (Ed25519, PKCS#8 PEM). Empty means `<data_dir>/jwt_ed25519.pem`.
     jwt_key_file: Option<PathBuf> = "", "SEALPOST_JWT_KEY_FILE", false;
     /// Sealed-sender trust root private key (Curve25519). Empty means `<data_dir>/trust_root.key`.

@@ -16,6 +16,7 @@ pub fn api(app: Arc<App>) -> Router {
     Router::new()
         .merge(ops::routes())
         .merge(crate::accounts::routes())
+        .merge(crate::calls::routes())
         .merge(crate::keys::routes())
         .merge(crate::messages::routes())
         .merge(crate::delivery::websocket::routes())

@@ -7,7 +7,7 @@
 //! | `trust_root.key` | Curve25519 sealed-sender trust root (base64 private key); clients pin its public key |
 //! | `server_cert.key` | Curve25519 key of the server certificate that signs sender certificates |
 //! | `vapid_p256.pem` | P-256 VAPID key for Web Push (PKCS#8 PEM) |
-//! | `turn_secret` | shared secret for coturn's REST credentials (base64) |
+//! | `turn_secret` | shared secret for coturn's REST credentials: one line of text, used as written, so the same line goes into coturn's `static-auth-secret` |
 //! | `pseudonym.key` | key that turns IPs and ids into rate-limit bucket names (base64) |
 //!
 //! Existing files are never overwritten.
@@ -46,6 +46,7 @@ pub struct ServerKeys {
     pub trust_root: KeyPair,
     pub server_cert: KeyPair,
     pub vapid: p256::SecretKey,
+    /// The bytes of the secret's text (see the table above).
     pub turn_secret: Vec<u8>,
     pub pseudonym_key: [u8; 32],
 }
@@ -176,10 +177,11 @@ impl ServerKeys {
             .map_err(|e| file_error(&p.jwt, e))?;
         let vapid_text = fs::read_to_string(&p.vapid).map_err(|e| file_error(&p.vapid, e))?;
         let vapid = p256::SecretKey::from_pkcs8_pem(&vapid_text).map_err(|e| file_error(&p.vapid, e))?;
+        // coturn takes its secret as text and uses those bytes as the HMAC key: so do we, whatever the text.
         let turn_text = fs::read_to_string(&p.turn).map_err(|e| file_error(&p.turn, e))?;
-        let turn_secret = STANDARD.decode(turn_text.trim()).map_err(|_| file_error(&p.turn, "not base64"))?;
-        if turn_secret.len() < 16 {
-            return Err(file_error(&p.turn, "secret shorter than 16 bytes"));
+        let turn_secret = turn_text.trim().as_bytes().to_vec();
+        if turn_secret.len() < 16 || turn_secret.iter().any(|b| !b.is_ascii_graphic()) {
+            return Err(file_error(&p.turn, "expected one line of at least 16 printable characters"));
         }
         Ok(ServerKeys {
             jwt_encoding,

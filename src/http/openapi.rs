@@ -263,6 +263,18 @@ const ENDPOINTS: &[Endpoint] = &[
     },
     Endpoint {
         method: "get",
+        path: "/v1/calling/relays",
+        summary: "Short-lived TURN credentials for the operator's coturn (empty when none is configured)",
+        auth: Auth::Bearer,
+        body: None,
+        responses: &[
+            (200, "{relays: [{urls, username, password, ttl}]}"),
+            (401, "unauthorized"),
+            (429, "rate_limited"),
+        ],
+    },
+    Endpoint {
+        method: "get",
         path: "/v1/websocket",
         summary: "Delivery WebSocket (token in `Authorization: Bearer` or `?token=`)",
         auth: Auth::Bearer,
