@@ -6,8 +6,8 @@
 use serde_json::{Map, Value, json};
 
 /// How an endpoint authenticates its caller.
-#[derive(Clone, Copy)]
-enum Auth {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Auth {
     None,
     Basic,
     Bearer,
@@ -349,6 +349,13 @@ fn schemas() -> Value {
 }
 
 /// The whole document.
+/// Every route of the public API with how it authenticates: the authorization tests call each route that
+/// takes a token with every kind of bad credential, so a new route is covered as soon as it is listed here
+/// (and it must be: a unit test compares this table with the routers).
+pub fn routes() -> Vec<(&'static str, &'static str, Auth)> {
+    ENDPOINTS.iter().map(|e| (e.method, e.path, e.auth)).collect()
+}
+
 pub fn document() -> Value {
     let mut paths = Map::new();
     for endpoint in ENDPOINTS {

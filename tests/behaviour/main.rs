@@ -3,6 +3,7 @@
 mod harness;
 
 mod accounts;
+mod authz;
 mod calls;
 mod garbage;
 mod hardening;
