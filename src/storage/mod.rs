@@ -14,6 +14,7 @@ pub mod error;
 pub mod guard;
 mod migrate;
 pub mod model;
+mod rows;
 pub mod scaleout;
 pub mod seams;
 
