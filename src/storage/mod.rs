@@ -4,8 +4,8 @@
 //!   in-process rate-limit buckets, bus, presence and leases. No service to run.
 //! * **Scale-out** (`scaleout`, assembling `postgres/` and `redis/`): Postgres for durable records
 //!   (accounts, devices, identity, signed and last-resort keys, invite and link codes); Redis or Redis
-//!   Cluster for one-time prekey pools (atomic pop), message queues, rate-limit buckets and the pub/sub
-//!   bus between instances.
+//!   Cluster for one-time prekey pools (atomic pop), message queues, rate-limit buckets, presence, leases
+//!   and the pub/sub bus between instances.
 //!
 //! Handlers and capabilities only see the traits (`seams`) and records (`model`); which implementation
 //! runs is decided once, from the configured URLs, in [`Storage::connect`]. Dialect differences stay

@@ -6,14 +6,14 @@
 //! each call is bounded in time and an outage is reported once. It must never hold a query or a key name
 //! of its own.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
 use crate::shutdown::Tasks;
 use crate::storage::guard::{Guarded, StoreHealth};
 use crate::storage::{
-    AccountStore, Bus, KeyStore, MessageQueue, PreKeyPool, Probe, RateLimitStore, Storage, StoreResult, postgres, redis,
+    AccountStore, Bus, KeyStore, Lease, MessageQueue, PreKeyPool, Presence, Probe, RateLimitStore, Storage,
+    StoreResult, postgres, redis,
 };
 
 pub use crate::storage::postgres::Postgres;
@@ -34,9 +34,8 @@ pub async fn connect(config: &Config, database_url: &str, redis_url: &str, tasks
         pre_keys: Guarded::<dyn PreKeyPool>::new(redis.pre_keys, redis_health.clone()),
         queue: Guarded::<dyn MessageQueue>::new(redis.queue, redis_health.clone()),
         bus: Guarded::<dyn Bus>::new(redis.bus, redis_health.clone()),
-        // In-process until the Redis versions land: wrong across instances.
-        presence: Arc::new(crate::storage::embedded::MemoryPresence::default()),
-        lease: Arc::new(crate::storage::embedded::MemoryLease::default()),
+        presence: Guarded::<dyn Presence>::new(redis.presence, redis_health.clone()),
+        lease: Guarded::<dyn Lease>::new(redis.lease, redis_health.clone()),
         limits: Guarded::<dyn RateLimitStore>::new(redis.limits, redis_health.clone()),
         probes: vec![
             Guarded::<dyn Probe>::new(postgres, pg_health.clone()),

@@ -5,7 +5,8 @@
 //! * every name starts with the configured prefix, so deployments and tests can share one Redis;
 //! * keys that one script touches together carry the same hash tag, so every script runs in one cluster
 //!   slot: `{aci}` for an account's queues, sequence counter and removal marks (and a send's rate bucket,
-//!   through [`slot_tag`]), `{aci.device}` for a device's two prekey pools;
+//!   through [`slot_tag`]), `{aci.device}` for a device's two prekey pools, `{name}` for a lease and its
+//!   fence counter;
 //! * a rate-limit bucket never names an account: it is keyed by an opaque pseudonym, and when it must
 //!   share an account's slot it borrows a neutral word of that slot instead of the aci.
 //!
@@ -58,6 +59,18 @@ impl Keys {
     /// the same call, without the name saying whose slot it is.
     pub fn rate_bucket_beside(&self, bucket: &str, key: &[u8; 16], aci: Aci) -> String {
         format!("{}rl:{bucket}:{{{}}}:{}", self.prefix, slot_tag(aci), hex(key))
+    }
+
+    /// Where a device is marked connected, holding the id of the connection that marked it.
+    pub fn presence(&self, aci: Aci, device: DeviceId) -> String {
+        format!("{}presence:{aci}.{device}", self.prefix)
+    }
+
+    /// A named lease (holding its fencing token and holder) and the counter its tokens come from, which
+    /// never expires so a token never repeats.
+    pub fn lease(&self, name: &str) -> [String; 2] {
+        let base = format!("{}lease:{{{name}}}", self.prefix);
+        [base.clone(), format!("{base}:fence")]
     }
 
     /// The bus channel of one device (the queue's push script publishes its wake-ups on it too).
@@ -144,6 +157,8 @@ mod tests {
         assert!(!bucket.contains(&aci.to_string()), "a bucket never names an account");
         let [ec, kem] = keys.pre_key_pools(aci, DeviceId(2));
         assert_eq!(redis_keyslot(ec.as_bytes()), redis_keyslot(kem.as_bytes()));
+        let [lease, fence] = keys.lease("reaper");
+        assert_eq!(redis_keyslot(lease.as_bytes()), redis_keyslot(fence.as_bytes()));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The ephemeral half of the scale-out deployment: Redis (or Redis Cluster, the same code path through
-//! fred's cluster configuration) holds one-time prekey pools, message queues, rate-limit buckets and
-//! the pub/sub bus. Any number of sealpost instances share it.
+//! fred's cluster configuration) holds one-time prekey pools, message queues, rate-limit buckets,
+//! presence, leases and the pub/sub bus. Any number of sealpost instances share it.
 //!
 //! This module owns the clients: how they reconnect and how long a command may take, the start-up check
 //! for an append-only file, and assembling one store per capability over a shared pool. Names live in
@@ -11,8 +11,10 @@
 
 mod bus;
 mod keys;
+mod lease;
 mod limits;
 mod prekeys;
+mod presence;
 mod queue;
 
 use std::sync::Arc;
@@ -26,8 +28,10 @@ use crate::config::Config;
 use crate::shutdown::Tasks;
 pub use crate::storage::redis::bus::RedisBus;
 use crate::storage::redis::keys::Keys;
+pub use crate::storage::redis::lease::RedisLease;
 pub use crate::storage::redis::limits::RedisLimits;
 pub use crate::storage::redis::prekeys::RedisPreKeys;
+pub use crate::storage::redis::presence::RedisPresence;
 pub use crate::storage::redis::queue::RedisQueue;
 use crate::storage::{Probe, StoreResult};
 
@@ -37,6 +41,8 @@ pub struct RedisStores {
     pub queue: Arc<RedisQueue>,
     pub limits: Arc<RedisLimits>,
     pub bus: Arc<RedisBus>,
+    pub presence: Arc<RedisPresence>,
+    pub lease: Arc<RedisLease>,
     pub probe: Arc<RedisProbe>,
 }
 
@@ -66,8 +72,10 @@ pub async fn connect(config: &Config, url: &str, timeout: Duration, tasks: &Task
     Ok(RedisStores {
         pre_keys: Arc::new(RedisPreKeys::new(pool.clone(), keys.clone())),
         queue: Arc::new(RedisQueue::new(pool.clone(), keys.clone())),
-        limits: Arc::new(RedisLimits::new(pool.clone(), keys)),
+        limits: Arc::new(RedisLimits::new(pool.clone(), keys.clone())),
         bus: Arc::new(bus),
+        presence: Arc::new(RedisPresence::new(pool.clone(), keys.clone())),
+        lease: Arc::new(RedisLease::new(pool.clone(), keys)),
         probe: Arc::new(RedisProbe { pool }),
     })
 }
