@@ -39,6 +39,17 @@ impl Keys {
         [format!("{base}{QUEUE_SUFFIX}"), format!("{base}{INDEX_SUFFIX}")]
     }
 
+    /// A `SCAN … MATCH` pattern for the sorted set of every device queue.
+    pub fn queue_pattern(&self) -> String {
+        format!("{}q:*{QUEUE_SUFFIX}", glob_escape(&self.prefix))
+    }
+
+    /// The index beside a queue's sorted set found by [`Keys::queue_pattern`]; `None` for any other key.
+    pub fn queue_index_of(&self, queue: &str) -> Option<String> {
+        let base = queue.strip_prefix(&self.prefix)?.strip_prefix("q:")?.strip_suffix(QUEUE_SUFFIX)?;
+        Some(format!("{}q:{base}{INDEX_SUFFIX}", self.prefix))
+    }
+
     /// Set when a device is removed, and checked by every push that names that device and incarnation.
     pub fn removal_mark(&self, aci: Aci, recipient: Recipient) -> String {
         format!("{}q:{{{aci}}}:{}:gone:{}", self.prefix, recipient.device, recipient.incarnation.0)
@@ -110,6 +121,18 @@ const INDEX_SUFFIX: &str = ":i";
 const DEVICE_CHANNELS: &str = "dev:";
 const PROVISIONING_CHANNELS: &str = "prov:";
 
+/// `text` with the characters `SCAN … MATCH` treats as a pattern escaped, so a prefix matches itself.
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     bytes.iter().flat_map(|b| [DIGITS[usize::from(b >> 4)] as char, DIGITS[usize::from(b & 15)] as char]).collect()
@@ -170,5 +193,14 @@ mod tests {
         assert_eq!(keys.parse_device_channel(&keys.provisioning_channel("abc")), None);
         assert_eq!(keys.parse_provisioning_channel(&keys.invalidation_channel()), None);
         assert_eq!(Keys::new("other:").parse_device_channel(&keys.device_channel(aci, DeviceId(3))), None);
+    }
+
+    #[test]
+    fn the_queue_pattern_finds_queues_and_their_index() {
+        let keys = Keys::new("a*b:");
+        let [queue, index] = keys.queue(Aci::random(), DeviceId(1));
+        assert_eq!(keys.queue_pattern(), "a\\*b:q:*:z");
+        assert_eq!(keys.queue_index_of(&queue), Some(index));
+        assert_eq!(keys.queue_index_of(&keys.queue_counter(Aci::random())), None);
     }
 }

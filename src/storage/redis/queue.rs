@@ -7,14 +7,20 @@
 //!
 //! Invariants: a push is all or nothing; an expired envelope is never returned (reads filter on expiry and
 //! drop what they meet); a push naming a removed device incarnation is refused, because removal deletes the
-//! queue and sets a mark in one step. Redis expires a whole queue with its newest envelope. It never
-//! names a key itself (see `keys.rs`) and never blocks Redis for longer than one queue's script.
+//! queue and sets a mark in one step. Redis expires a whole queue with its newest envelope; the reaper
+//! deletes expired envelopes inside live queues, a bounded number of queues per run, resuming where the
+//! last run stopped. It never names a key itself (see `keys.rs`) and never blocks Redis for longer than one
+//! queue's script.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fred::prelude::{KeysInterface, Pool};
+use fred::prelude::{Client, ClientLike, ClusterInterface, KeysInterface, Pool};
 use fred::types::Value;
+use fred::types::config::Server;
+use fred::types::scan::ScanType;
 use fred::types::scripts::Script;
 
 use crate::domain::{Aci, DeviceId};
@@ -28,6 +34,13 @@ use crate::storage::{
 /// How long an account's sequence counter outlives its last push: longer than any envelope can live, so a
 /// counter never restarts under a connected socket's cursor.
 const COUNTER_TTL_MS: i64 = 400 * 86_400_000;
+/// Queues one reaper run purges at most, over all nodes.
+const REAP_QUEUES_PER_RUN: usize = 4096;
+/// `SCAN` pages one reaper run reads at most on each node, so a run over many keys but few queues is
+/// short too.
+const REAP_PAGES_PER_RUN: usize = 32;
+/// Keys one `SCAN` call looks at.
+const SCAN_COUNT: u32 = 1000;
 
 /// Redis: the message queues.
 pub struct RedisQueue {
@@ -37,6 +50,9 @@ pub struct RedisQueue {
     peek: Script,
     ack: Script,
     remove_queue: Script,
+    reap: Script,
+    /// Where the reaper's scan of each node (by address; "" without a cluster) stopped, "0" after a full pass.
+    reap_cursors: Mutex<HashMap<String, String>>,
 }
 
 impl RedisQueue {
@@ -52,6 +68,11 @@ impl RedisQueue {
             peek: Script::from_lua(include_str!("scripts/peek.lua")),
             ack: Script::from_lua(include_str!("scripts/ack.lua")),
             remove_queue: Script::from_lua(include_str!("scripts/remove_queue.lua")),
+            reap: Script::from_lua(concat!(
+                include_str!("scripts/purge_expired.lua"),
+                include_str!("scripts/reap.lua")
+            )),
+            reap_cursors: Mutex::default(),
         }
     }
 }
@@ -163,9 +184,61 @@ impl MessageQueue for RedisQueue {
         Ok(())
     }
 
-    async fn reap(&self, _now: i64) -> StoreResult<u64> {
-        Ok(0)
+    async fn reap(&self, now: i64) -> StoreResult<u64> {
+        let client = self.pool.next_connected();
+        // SCAN walks one node's keys: in a cluster, every primary's in turn.
+        let nodes: Vec<Option<Server>> = if client.is_clustered() {
+            let primaries = client.cached_cluster_state().map(|state| state.unique_primary_nodes());
+            primaries.unwrap_or_default().into_iter().map(Some).collect()
+        } else {
+            vec![None]
+        };
+        let budget = REAP_QUEUES_PER_RUN / nodes.len().max(1);
+        let pattern = self.keys.queue_pattern();
+        let mut reaped = 0;
+        for node in nodes {
+            let name = node.as_ref().map(Server::to_string).unwrap_or_default();
+            let saved = self.cursors().get(&name).cloned();
+            let mut cursor = saved.unwrap_or_else(|| "0".to_owned());
+            let mut visited = 0;
+            for _ in 0..REAP_PAGES_PER_RUN {
+                let (next, queues) = queue_page(client, node.as_ref(), &cursor, &pattern).await?;
+                for queue in queues {
+                    let Some(index) = self.keys.queue_index_of(&queue) else { continue };
+                    let purged: i64 = self.reap.evalsha_with_reload(client, vec![queue, index], vec![now]).await?;
+                    reaped += purged.max(0) as u64;
+                    visited += 1;
+                }
+                cursor = next;
+                if cursor == "0" || visited >= budget {
+                    break;
+                }
+            }
+            self.cursors().insert(name, cursor);
+        }
+        Ok(reaped)
     }
+}
+
+impl RedisQueue {
+    fn cursors(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.reap_cursors.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One `SCAN` page of queue keys on `node` (or on the one server) from `cursor`: the next cursor and the keys.
+async fn queue_page(
+    client: &Client,
+    node: Option<&Server>,
+    cursor: &str,
+    pattern: &str,
+) -> StoreResult<(String, Vec<String>)> {
+    let (cursor, pattern, count, kind) =
+        (cursor.to_owned(), pattern.to_owned(), Some(SCAN_COUNT), Some(ScanType::ZSet));
+    Ok(match node {
+        Some(server) => client.with_cluster_node(server.clone()).scan_page(cursor, pattern, count, kind).await?,
+        None => client.scan_page(cursor, pattern, count, kind).await?,
+    })
 }
 
 /// Splits a ZRANGEBYSCORE … WITHSCORES reply into live and expired envelopes, advancing the cursor.

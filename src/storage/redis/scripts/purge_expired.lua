@@ -1,5 +1,5 @@
 -- Deletes the envelopes of one queue (sorted set zkey, guid index ikey) that expired at `now` (ms since
--- the epoch), run by push.lua on a full queue. A member starts with its expiry (8 bytes, big-endian),
+-- the epoch), shared by push.lua and reap.lua. A member starts with its expiry (8 bytes, big-endian),
 -- then the 16-byte guid. Returns how many were deleted; the keys vanish with their last entry.
 local function purge_expired(zkey, ikey, now)
   local purged = 0
