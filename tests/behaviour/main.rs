@@ -3,6 +3,7 @@
 mod harness;
 
 mod accounts;
+mod contract;
 mod garbage;
 mod hardening;
 mod keys;
