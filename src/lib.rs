@@ -19,6 +19,7 @@ pub mod jobs;
 pub mod keys;
 pub mod limits;
 pub mod messages;
+pub mod push;
 pub mod relay;
 pub mod routes;
 pub mod server_keys;

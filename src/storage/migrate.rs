@@ -3,6 +3,7 @@
 //! Postgres: one transaction holding `pg_advisory_xact_lock` on a key derived from the schema, so replicas
 //! that start together apply each migration exactly once and the others wait, then see it applied.
 //! SQLite: one `BEGIN IMMEDIATE` transaction, which takes the database's write lock.
+//! One runner serves both dialects: only the lock and the ledger's INSERT differ between them.
 
 use sqlx::{Connection, PgConnection, SqliteConnection};
 
@@ -39,23 +40,8 @@ pub async fn postgres(conn: &mut PgConnection) -> StoreResult<usize> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('sealpost-migrate:' || current_schema()))")
         .execute(&mut *tx)
         .await?;
-    sqlx::raw_sql(LEDGER).execute(&mut *tx).await?;
-    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM sealpost_migrations").fetch_all(&mut *tx).await?;
-    let mut ran = 0;
-    for migration in POSTGRES.iter().filter(|m| !applied.contains(&m.version)) {
-        sqlx::raw_sql(migration.sql)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| StoreError::Migration(format!("{}: {e}", migration.name)))?;
-        sqlx::query("INSERT INTO sealpost_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
-            .bind(migration.version)
-            .bind(migration.name)
-            .bind(crate::domain::now_millis())
-            .execute(&mut *tx)
-            .await?;
-        ran += 1;
-    }
-    check_not_newer(&applied, POSTGRES)?;
+    let record = "INSERT INTO sealpost_migrations (version, name, applied_at) VALUES ($1, $2, $3)";
+    let ran = apply_pending::<sqlx::Postgres>(&mut tx, POSTGRES, record).await?;
     tx.commit().await?;
     Ok(ran)
 }
@@ -63,30 +49,41 @@ pub async fn postgres(conn: &mut PgConnection) -> StoreResult<usize> {
 /// Applies pending SQLite migrations; returns how many ran.
 pub async fn sqlite(conn: &mut SqliteConnection) -> StoreResult<usize> {
     sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-    let result = sqlite_inner(conn).await;
+    let record = "INSERT INTO sealpost_migrations (version, name, applied_at) VALUES (?, ?, ?)";
+    let result = apply_pending::<sqlx::Sqlite>(conn, SQLITE, record).await;
     let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
     sqlx::raw_sql(end).execute(&mut *conn).await?;
     result
 }
 
-async fn sqlite_inner(conn: &mut SqliteConnection) -> StoreResult<usize> {
+/// Runs the migrations of `known` that the ledger does not list, each recorded with `record` (the
+/// dialect's INSERT into the ledger), inside the caller's transaction and lock.
+async fn apply_pending<DB>(conn: &mut DB::Connection, known: &[Migration], record: &'static str) -> StoreResult<usize>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Decode<'q, DB> + sqlx::Type<DB>,
+    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
     sqlx::raw_sql(LEDGER).execute(&mut *conn).await?;
     let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM sealpost_migrations").fetch_all(&mut *conn).await?;
     let mut ran = 0;
-    for migration in SQLITE.iter().filter(|m| !applied.contains(&m.version)) {
+    for migration in known.iter().filter(|m| !applied.contains(&m.version)) {
         sqlx::raw_sql(migration.sql)
             .execute(&mut *conn)
             .await
             .map_err(|e| StoreError::Migration(format!("{}: {e}", migration.name)))?;
-        sqlx::query("INSERT INTO sealpost_migrations (version, name, applied_at) VALUES (?, ?, ?)")
+        sqlx::query(record)
             .bind(migration.version)
-            .bind(migration.name)
+            .bind(migration.name.to_owned())
             .bind(crate::domain::now_millis())
             .execute(&mut *conn)
             .await?;
         ran += 1;
     }
-    check_not_newer(&applied, SQLITE)?;
+    check_not_newer(&applied, known)?;
     Ok(ran)
 }
 

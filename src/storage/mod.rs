@@ -1,19 +1,24 @@
 //! The storage seam: small traits, one implementation per deployment.
 //!
-//! * **Embedded** (`embedded`): SQLite for durable records, one-time prekey pools and message queues;
-//!   in-process rate-limit buckets and bus. No service to run.
-//! * **Scale-out** (`scaleout`): Postgres for durable records (accounts, devices, identity, signed and
-//!   last-resort keys, invite and link codes); Redis or Redis Cluster for one-time prekey pools (atomic
-//!   pop), message queues, rate-limit buckets and the pub/sub bus between instances.
+//! * **Embedded** (`embedded/`): SQLite for durable records, one-time prekey pools and message queues;
+//!   in-process rate-limit buckets, bus, presence and leases. No service to run.
+//! * **Scale-out** (`scaleout`, assembling `postgres/` and `redis/`): Postgres for durable records
+//!   (accounts, devices, identity, signed and last-resort keys, invite and link codes); Redis or Redis
+//!   Cluster for one-time prekey pools (atomic pop), message queues, rate-limit buckets, presence, leases
+//!   and the pub/sub bus between instances.
 //!
-//! Handlers and capabilities only see the traits; which implementation runs is decided once, from the
-//! configured URLs, in [`Storage::connect`]. Dialect differences stay inside the backend modules.
+//! Handlers and capabilities only see the traits (`seams`) and records (`model`); which implementation
+//! runs is decided once, from the configured URLs, in [`Storage::connect`]. Dialect differences stay
+//! inside the backend folders; what a stored value means is decoded once, in `rows`, for every backend.
 
 pub mod embedded;
 pub mod error;
 pub mod guard;
 mod migrate;
 pub mod model;
+pub mod postgres;
+pub mod redis;
+mod rows;
 pub mod scaleout;
 pub mod seams;
 

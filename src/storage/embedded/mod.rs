@@ -1,0 +1,128 @@
+//! Embedded deployment: one SQLite file (WAL) for everything durable, the one-time prekey pools and the
+//! message queues, plus in-process token buckets, bus, presence and leases. One process, no services.
+//!
+//! This module owns opening the file (pragmas, the reader pool, the one writer connection and the
+//! checkpointer's connection) and assembling the [`Storage`]; each capability's SQL lives in its own
+//! file. Invariants: every write goes through the one writer connection (SQLite allows one writer at a
+//! time; queueing in our pool is cheaper than SQLite's busy handler); reads never use it. It must never
+//! start a task except through `tasks`, so that a stopping server waits for the writer to answer every
+//! queued write and for the last checkpoint.
+
+mod accounts;
+mod keys;
+mod memory;
+mod prekeys;
+mod queue;
+mod writer;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Connection, SqlitePool};
+
+use crate::config::Config;
+use crate::domain::Aci;
+use crate::shutdown::Tasks;
+pub use crate::storage::embedded::memory::{LocalBus, MemoryLease, MemoryLimits, MemoryPresence};
+use crate::storage::guard::{Guarded, StoreHealth};
+use crate::storage::{AccountStore, KeyStore, MessageQueue, PreKeyPool, Probe, Storage, StoreError, StoreResult};
+
+fn options(database_url: &str) -> StoreResult<SqliteConnectOptions> {
+    Ok(SqliteConnectOptions::from_str(database_url)?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .foreign_keys(true)
+        .busy_timeout(Duration::from_secs(10)))
+}
+
+fn ensure_parent(database_url: &str) -> StoreResult<()> {
+    let path = database_url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+    let path = path.split('?').next().unwrap_or_default();
+    if path.is_empty() || path == ":memory:" {
+        return Ok(());
+    }
+    if let Some(parent) = std::path::Path::new(path).parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| StoreError::Migration(format!("cannot create {}: {e}", parent.display())))?;
+    }
+    Ok(())
+}
+
+pub async fn migrate_only(_config: &Config, database_url: &str) -> StoreResult<usize> {
+    ensure_parent(database_url)?;
+    let mut conn = sqlx::SqliteConnection::connect_with(&options(database_url)?).await?;
+    let ran = crate::storage::migrate::sqlite(&mut conn).await?;
+    conn.close().await?;
+    Ok(ran)
+}
+
+pub async fn connect(config: &Config, database_url: &str, tasks: &Tasks) -> StoreResult<Storage> {
+    migrate_only(config, database_url).await?;
+    // The writer never checkpoints on commit (that would put an fsync of the database file in front of
+    // some unlucky message); a separate connection checkpoints in the background instead.
+    let writer = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options(database_url)?.pragma("wal_autocheckpoint", "0"))
+        .await?;
+    let checkpointer = sqlx::SqliteConnection::connect_with(&options(database_url)?).await?;
+    let reader = SqlitePoolOptions::new()
+        .max_connections(config.database_max_connections.max(1))
+        .connect_with(options(database_url)?.read_only(true))
+        .await?;
+    let bus = Arc::new(LocalBus::new());
+    let batches = writer::start(tasks, writer.clone(), checkpointer, bus.clone());
+    let limits = Arc::new(MemoryLimits::default());
+    let db = Arc::new(Sqlite { reader, writer, batches, limits: limits.clone() });
+    // A local file rarely fails, but a full disk or a stuck writer must answer 503 quickly like any store.
+    let health = StoreHealth::new("sqlite", Duration::from_millis(config.store_timeout_ms));
+    Ok(Storage {
+        accounts: Guarded::<dyn AccountStore>::new(db.clone(), health.clone()),
+        keys: Guarded::<dyn KeyStore>::new(db.clone(), health.clone()),
+        pre_keys: Guarded::<dyn PreKeyPool>::new(db.clone(), health.clone()),
+        queue: Guarded::<dyn MessageQueue>::new(db.clone(), health.clone()),
+        bus,
+        presence: Arc::new(MemoryPresence::default()),
+        lease: Arc::new(MemoryLease::default()),
+        limits,
+        probes: vec![Guarded::<dyn Probe>::new(db, health.clone())],
+        health: vec![health],
+        kind: "embedded",
+    })
+}
+
+/// The SQLite store.
+///
+/// SQLite allows one writer at a time. All writes go through a pool of exactly one connection, so they
+/// queue in the pool (a cheap async wait) instead of colliding on the file lock, where SQLite's busy
+/// handler would sleep and stretch latencies; reads use their own read-only connections, which WAL lets
+/// run beside the writer.
+pub struct Sqlite {
+    reader: SqlitePool,
+    writer: SqlitePool,
+    /// The in-process buckets, also used for the rate-limit token a queue push takes.
+    limits: Arc<MemoryLimits>,
+    /// The per-message writes (queue pushes and acknowledgements, prekey claims) go to a task that commits
+    /// whatever has accumulated in one transaction: under load one commit serves many messages.
+    batches: writer::Batches,
+}
+
+/// SQLite keeps an aci as its text form.
+fn aci_text(aci: Aci) -> String {
+    aci.to_string()
+}
+
+#[async_trait]
+impl Probe for Sqlite {
+    fn name(&self) -> &'static str {
+        "sqlite"
+    }
+    async fn check(&self) -> StoreResult<()> {
+        AccountStore::ping(self).await
+    }
+}

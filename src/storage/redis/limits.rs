@@ -1,0 +1,48 @@
+//! Rate-limit token buckets in Redis, shared by every instance.
+//!
+//! Owns the token-bucket script (also run inside the queue's push script, so a send takes its token in
+//! the same round trip) and how a limit is handed to it. Invariants: the refill is computed on the Redis
+//! clock, so instances need not agree on the time; an idle bucket expires once it would be full again.
+//! A bucket is keyed by an opaque pseudonym and must never name an account or an address.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fred::prelude::Pool;
+use fred::types::scripts::Script;
+
+use crate::config::RateLimit;
+use crate::storage::redis::keys::Keys;
+use crate::storage::{RateLimitStore, StoreResult};
+
+/// Redis: token buckets.
+pub struct RedisLimits {
+    pool: Pool,
+    keys: Keys,
+    take_token: Script,
+}
+
+impl RedisLimits {
+    pub fn new(pool: Pool, keys: Keys) -> Self {
+        let take_token =
+            Script::from_lua(concat!(include_str!("scripts/token_bucket.lua"), include_str!("scripts/take_token.lua")));
+        RedisLimits { pool, keys, take_token }
+    }
+}
+
+/// Capacity, refill per millisecond and expiry of a token bucket, as the scripts take them.
+pub fn bucket_args(limit: &RateLimit) -> [String; 3] {
+    let per_ms = limit.refill_per_second() / 1000.0;
+    let ttl_ms = limit.period.as_millis().max(1000);
+    [limit.burst.to_string(), format!("{per_ms:.12}"), ttl_ms.to_string()]
+}
+
+#[async_trait]
+impl RateLimitStore for RedisLimits {
+    async fn take(&self, bucket: &str, key: &[u8; 16], limit: &RateLimit) -> StoreResult<Result<(), Duration>> {
+        let name = self.keys.rate_bucket(bucket, key);
+        let args = bucket_args(limit).to_vec();
+        let wait: i64 = self.take_token.evalsha_with_reload(self.pool.next_connected(), vec![name], args).await?;
+        Ok(if wait <= 0 { Ok(()) } else { Err(Duration::from_millis(wait as u64)) })
+    }
+}

@@ -1,0 +1,372 @@
+//! The storage contract: what every backend's stores promise at the trait level, checked against each
+//! backend through `Storage::connect`, without a server around them.
+//!
+//! Embedded: a fresh data directory. Scale-out: the shared Postgres (a schema of the test's own) and the
+//! shared Redis (a key prefix of its own); where the promise is about instances, two `Storage`s share them.
+//! Every test stops its stores' background tasks (they must all end on the signal) and removes what it
+//! created.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sealpost::config::Config;
+use sealpost::domain::{Aci, DeviceId, DeviceSlots, EcPublicKey, Incarnation, KemPublicKey, RegistrationId, Signature};
+use sealpost::shutdown::Tasks;
+use sealpost::storage::{
+    EcOneTimeKey, NewAccount, NewDevice, NewEnvelope, PushOutcome, Recipient, SignedKemKey, Storage, StoreError,
+};
+
+use crate::both_backends;
+use crate::harness::*;
+
+both_backends!(
+    a_full_queue_refuses_the_whole_send,
+    acknowledgements_are_idempotent,
+    expired_envelopes_are_never_returned_and_are_reaped,
+    a_push_naming_a_removed_device_is_gone,
+    concurrent_claims_hand_out_each_one_time_key_once,
+    a_lease_has_one_holder_and_growing_fencing_tokens,
+    presence_is_seen_by_every_instance_and_expires,
+    unique_keys_conflict,
+);
+
+/// The stores of one backend as a test holds them, with what is needed to stop and remove them.
+struct Stores {
+    storage: Storage,
+    tasks: Tasks,
+    /// A second instance on the same Postgres and Redis (scale-out only).
+    other: Option<(Storage, Tasks)>,
+    config: Config,
+}
+
+impl Stores {
+    async fn open(backend: Backend) -> Stores {
+        let config = test_config(backend);
+        let (storage, tasks) = connect(&config).await;
+        let other = match backend {
+            Backend::Embedded => None,
+            Backend::ScaleOut => Some(connect(&config).await),
+        };
+        Stores { storage, tasks, other, config }
+    }
+
+    /// The second instance where there is one, else the first: what another instance would see.
+    fn elsewhere(&self) -> &Storage {
+        self.other.as_ref().map_or(&self.storage, |(storage, _)| storage)
+    }
+
+    /// Stops every background task of the stores (none may outlive the signal) and removes their data.
+    async fn close(self) {
+        for tasks in std::iter::once(&self.tasks).chain(self.other.as_ref().map(|(_, tasks)| tasks)) {
+            let stuck = tasks.stop(Duration::from_secs(5)).await;
+            assert!(stuck.is_empty(), "background tasks did not end on the stop signal: {stuck:?}");
+            assert!(tasks.running().is_empty());
+        }
+        if let Some(schema) = &self.config.database_schema {
+            drop_schema(schema).await;
+        }
+        if self.config.redis_url.is_some() {
+            delete_prefix(&self.config.redis_key_prefix).await;
+        }
+        let _ = std::fs::remove_dir_all(&self.config.data_dir);
+    }
+}
+
+async fn connect(config: &Config) -> (Storage, Tasks) {
+    let tasks = Tasks::default();
+    let storage = Storage::connect(config, &tasks).await.unwrap_or_else(|err| {
+        panic!(
+            "cannot connect the stores ({err}); scale-out needs SEALPOST_TEST_DATABASE_URL / SEALPOST_TEST_REDIS_URL"
+        )
+    });
+    (storage, tasks)
+}
+
+fn ec_public() -> EcPublicKey {
+    let mut key: [u8; 33] = sealpost::crypto::random_bytes();
+    key[0] = EcPublicKey::TYPE;
+    EcPublicKey(key)
+}
+
+/// An account with its primary device, as registration writes it; returns the account and device 1.
+async fn account(storage: &Storage) -> (Aci, Recipient) {
+    let aci = Aci::random();
+    let incarnation = Incarnation::random();
+    let account = NewAccount {
+        aci,
+        identity_key: ec_public(),
+        registration_id: RegistrationId(7),
+        incarnation,
+        secret_salt: [1; 16],
+        secret_hash: [2; 32],
+        approved: true,
+        created_at: sealpost::domain::now_millis(),
+    };
+    storage.accounts.create_account(&account, None, account.created_at).await.expect("storage").expect("created");
+    (aci, Recipient { device: DeviceId::PRIMARY, incarnation })
+}
+
+/// Links a device; an id given up before now may be handed out again at once.
+async fn link(storage: &Storage, aci: Aci) -> Recipient {
+    let incarnation = Incarnation::random();
+    let now = sealpost::domain::now_millis();
+    let device = NewDevice {
+        registration_id: RegistrationId(8),
+        incarnation,
+        secret_salt: [3; 16],
+        secret_hash: [4; 32],
+        name: None,
+        created_at: now,
+    };
+    let slots = DeviceSlots { max_devices: 6, reuse_after: now + 1 };
+    let id = storage.accounts.add_device(aci, &device, &slots).await.expect("storage").expect("linked");
+    Recipient { device: id, incarnation }
+}
+
+fn envelope(expires_at: i64) -> NewEnvelope {
+    NewEnvelope { guid: sealpost::crypto::random_bytes(), expires_at, envelope: b"ciphertext".to_vec() }
+}
+
+fn in_an_hour() -> i64 {
+    sealpost::domain::now_millis() + 3_600_000
+}
+
+async fn push(storage: &Storage, aci: Aci, items: &[(Recipient, NewEnvelope)], max_len: u32) -> PushOutcome {
+    storage.queue.push(aci, items, max_len, None).await.expect("push")
+}
+
+async fn queued(storage: &Storage, aci: Aci, device: DeviceId, now: i64) -> Vec<[u8; 16]> {
+    let page = storage.queue.peek(aci, device, 0, 100, now).await.expect("peek");
+    page.into_iter().map(|e| e.guid).collect()
+}
+
+async fn a_full_queue_refuses_the_whole_send(backend: Backend) {
+    let stores = Stores::open(backend).await;
+    let storage = &stores.storage;
+    let (aci, primary) = account(storage).await;
+    let second = link(storage, aci).await;
+    for _ in 0..3 {
+        assert_eq!(push(storage, aci, &[(second, envelope(in_an_hour()))], 3).await, PushOutcome::Queued);
+    }
+    let send = [(primary, envelope(in_an_hour())), (second, envelope(in_an_hour()))];
+    assert_eq!(push(storage, aci, &send, 3).await, PushOutcome::Full(second.device));
+    let now = sealpost::domain::now_millis();
+    assert!(queued(storage, aci, primary.device, now).await.is_empty(), "a refused send queues for no device");
+    assert_eq!(queued(storage, aci, second.device, now).await.len(), 3);
+    // The primary's queue has room of its own: alone, the same envelope goes in.
+    assert_eq!(push(storage, aci, &send[..1], 3).await, PushOutcome::Queued);
+    assert_eq!(queued(storage, aci, primary.device, now).await, vec![send[0].1.guid]);
+    stores.close().await;
+}
+
+async fn acknowledgements_are_idempotent(backend: Backend) {
+    let stores = Stores::open(backend).await;
+    let storage = &stores.storage;
+    let (aci, primary) = account(storage).await;
+    let (first, second) = (envelope(in_an_hour()), envelope(in_an_hour()));
+    for item in [&first, &second] {
+        assert_eq!(push(storage, aci, &[(primary, item.clone())], 10).await, PushOutcome::Queued);
+    }
+    let device = primary.device;
+    assert!(storage.queue.ack(aci, device, first.guid).await.expect("ack"), "the first ack deletes");
+    assert!(!storage.queue.ack(aci, device, first.guid).await.expect("ack"), "the second finds nothing");
+    let unknown: [u8; 16] = sealpost::crypto::random_bytes();
+    let guids = [first.guid, second.guid, unknown];
+    assert_eq!(storage.queue.ack_many(aci, device, &guids).await.expect("ack many"), 1, "only one was still there");
+    assert_eq!(storage.queue.ack_many(aci, device, &guids).await.expect("ack many"), 0);
+    assert!(queued(storage, aci, device, sealpost::domain::now_millis()).await.is_empty());
+    stores.close().await;
+}
+
+async fn expired_envelopes_are_never_returned_and_are_reaped(backend: Backend) {
+    let stores = Stores::open(backend).await;
+    let storage = &stores.storage;
+    let (aci, primary) = account(storage).await;
+    let second = link(storage, aci).await;
+    let now = sealpost::domain::now_millis();
+    let later = now + 120_000;
+    let (brief, briefer, lasting) = (envelope(now + 60_000), envelope(now + 30_000), envelope(in_an_hour()));
+    for item in [&brief, &briefer, &lasting] {
+        assert_eq!(push(storage, aci, &[(primary, item.clone())], 10).await, PushOutcome::Queued);
+    }
+    assert_eq!(queued(storage, aci, primary.device, now).await.len(), 3, "nothing has expired yet");
+
+    // The reaper may work through a bounded share of the store per run: give it a few.
+    let mut reaped = 0;
+    for _ in 0..20 {
+        reaped += storage.queue.reap(later).await.expect("reap");
+        if reaped >= 2 {
+            break;
+        }
+    }
+    assert_eq!(reaped, 2, "the reaper deletes the two expired envelopes and counts them");
+    assert_eq!(
+        queued(storage, aci, primary.device, now).await,
+        vec![lasting.guid],
+        "reaped envelopes are gone, not just hidden"
+    );
+    assert_eq!(storage.queue.reap(later).await.expect("reap"), 0, "nothing is reaped twice");
+
+    // Without the reaper, reads never return an expired envelope either.
+    assert_eq!(push(storage, aci, &[(second, envelope(now + 60_000))], 10).await, PushOutcome::Queued);
+    assert_eq!(queued(storage, aci, second.device, now).await.len(), 1);
+    assert!(queued(storage, aci, second.device, later).await.is_empty(), "an expired envelope is never returned");
+    stores.close().await;
+}
+
+async fn a_push_naming_a_removed_device_is_gone(backend: Backend) {
+    let stores = Stores::open(backend).await;
+    let storage = &stores.storage;
+    let (aci, primary) = account(storage).await;
+    let removed = link(storage, aci).await;
+    let before = envelope(in_an_hour());
+    assert_eq!(push(storage, aci, &[(removed, before)], 10).await, PushOutcome::Queued);
+    // Removing a device, as the service does it: the record, then its queue.
+    let now = sealpost::domain::now_millis();
+    assert!(storage.accounts.delete_device(aci, removed.device, now).await.expect("delete"));
+    storage.queue.remove_device(aci, removed).await.expect("remove queue");
+    assert!(queued(storage, aci, removed.device, now).await.is_empty(), "the removed device's queue is deleted");
+
+    let send = [(primary, envelope(in_an_hour())), (removed, envelope(in_an_hour()))];
+    assert_eq!(push(storage, aci, &send, 10).await, PushOutcome::Gone(removed.device));
+    assert!(queued(storage, aci, primary.device, now).await.is_empty(), "a refused send queues for no device");
+
+    // A later device that gets the same id is another incarnation: pushes naming it go through, pushes
+    // naming the removed one still do not.
+    let successor = link(storage, aci).await;
+    assert_eq!(successor.device, removed.device, "the id was free again at once");
+    assert_eq!(push(storage, aci, &[(removed, envelope(in_an_hour()))], 10).await, PushOutcome::Gone(removed.device));
+    assert_eq!(push(storage, aci, &[(successor, envelope(in_an_hour()))], 10).await, PushOutcome::Queued);
+    assert_eq!(queued(storage, aci, successor.device, now).await.len(), 1);
+    stores.close().await;
+}
+
+async fn concurrent_claims_hand_out_each_one_time_key_once(backend: Backend) {
+    let stores = Stores::open(backend).await;
+    let (aci, primary) = account(&stores.storage).await;
+    let device = primary.device;
+    let ec: Vec<EcOneTimeKey> = (1..=100).map(|key_id| EcOneTimeKey { key_id, public_key: ec_public() }).collect();
+    let kem: Vec<SignedKemKey> = (1001..=1100)
+        .map(|key_id| {
+            let mut public_key = vec![KemPublicKey::TYPE];
+            public_key.extend_from_slice(&sealpost::crypto::random_bytes::<1568>());
+            SignedKemKey { key_id, public_key: KemPublicKey(public_key), signature: Signature([9; 64]) }
+        })
+        .collect();
+    stores.storage.pre_keys.replace(aci, device, Some(&ec), Some(&kem)).await.expect("replace");
+    assert_eq!(stores.storage.pre_keys.counts(aci, device).await.expect("counts"), (100, 100));
+
+    let pool = Arc::clone(&stores.storage.pre_keys);
+    let claims: Vec<_> = (0..1000)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.claim(aci, device).await.expect("claim") })
+        })
+        .collect();
+    let (mut ec_ids, mut kem_ids) = (Vec::new(), Vec::new());
+    for claim in claims {
+        let (ec_key, kem_key) = claim.await.expect("task");
+        if let Some(key) = ec_key {
+            assert!(ec.contains(&key), "a claimed key is one that was uploaded, intact");
+            ec_ids.push(key.key_id);
+        }
+        if let Some(key) = kem_key {
+            assert!(kem.contains(&key), "a claimed key is one that was uploaded, intact");
+            kem_ids.push(key.key_id);
+        }
+    }
+    assert_eq!(ec_ids.len(), 100, "every EC key was handed out");
+    assert_eq!(ec_ids.iter().collect::<HashSet<_>>().len(), 100, "no EC key was handed out twice");
+    assert_eq!(kem_ids.len(), 100, "every Kyber key was handed out");
+    assert_eq!(kem_ids.iter().collect::<HashSet<_>>().len(), 100, "no Kyber key was handed out twice");
+    assert_eq!(stores.storage.pre_keys.counts(aci, device).await.expect("counts"), (0, 0));
+    stores.close().await;
+}
+
+async fn a_lease_has_one_holder_and_growing_fencing_tokens(backend: Backend) {
+    let stores = Stores::open(backend).await;
+    let (here, there) = (&stores.storage.lease, &stores.elsewhere().lease);
+    let name = "contract-job";
+    let short = Duration::from_millis(500);
+    let first = here.acquire(name, "alpha", short).await.expect("acquire").expect("granted while free");
+    assert_eq!(there.acquire(name, "beta", short).await.expect("acquire"), None, "one holder at a time");
+    // Neither a stranger nor the holder under another token can release it.
+    there.release(name, "beta", first).await.expect("release");
+    here.release(name, "alpha", first + 1).await.expect("release");
+    assert_eq!(there.acquire(name, "beta", short).await.expect("acquire"), None, "still held");
+    assert!(here.renew(name, "alpha", first, Duration::from_millis(2000)).await.expect("renew"));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(there.acquire(name, "beta", short).await.expect("acquire"), None, "the renewal extended it");
+
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    let second = there.acquire(name, "beta", Duration::from_secs(30)).await.expect("acquire").expect("expired");
+    assert!(second > first, "a later grant has a larger fencing token ({second} after {first})");
+    assert!(!here.renew(name, "alpha", first, short).await.expect("renew"), "a lost lease cannot be renewed");
+    here.release(name, "alpha", first).await.expect("release");
+    assert_eq!(here.acquire(name, "gamma", short).await.expect("acquire"), None, "the late release freed nothing");
+    there.release(name, "beta", second).await.expect("release");
+    let third = here.acquire(name, "gamma", short).await.expect("acquire").expect("released");
+    assert!(third > second);
+    stores.close().await;
+}
+
+async fn presence_is_seen_by_every_instance_and_expires(backend: Backend) {
+    let stores = Stores::open(backend).await;
+    let (here, there) = (&stores.storage.presence, &stores.elsewhere().presence);
+    let aci = Aci::random();
+    let (device, other) = (DeviceId(1), DeviceId(2));
+    let long = Duration::from_secs(30);
+    assert!(!there.is_connected(aci, device).await.expect("presence"));
+    here.connected(aci, device, 10, long).await.expect("connected");
+    assert!(there.is_connected(aci, device).await.expect("presence"), "seen from another instance");
+    assert!(!there.is_connected(aci, other).await.expect("presence"), "only the device marked");
+
+    // A newer socket takes over; the older one's late goodbye must not unmark it.
+    there.connected(aci, device, 20, long).await.expect("connected");
+    // The older one's late renewal must not take the mark back, nor its late goodbye remove it.
+    here.connected(aci, device, 10, long).await.expect("connected");
+    here.disconnected(aci, device, 10).await.expect("disconnected");
+    assert!(there.is_connected(aci, device).await.expect("presence"), "the newer connection stays marked");
+    here.disconnected(aci, device, 20).await.expect("disconnected");
+    assert!(!there.is_connected(aci, device).await.expect("presence"), "its own goodbye unmarks it");
+
+    here.connected(aci, other, 30, Duration::from_millis(300)).await.expect("connected");
+    assert!(there.is_connected(aci, other).await.expect("presence"));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(!there.is_connected(aci, other).await.expect("presence"), "an unrenewed mark expires");
+    stores.close().await;
+}
+
+async fn unique_keys_conflict(backend: Backend) {
+    let stores = Stores::open(backend).await;
+    let storage = &stores.storage;
+    let hash: [u8; 32] = sealpost::crypto::random_bytes();
+    storage.accounts.create_invite(hash, in_an_hour()).await.expect("first invite");
+    let again = storage.accounts.create_invite(hash, in_an_hour()).await;
+    assert!(matches!(again, Err(StoreError::Conflict(_))), "a duplicate invite is a conflict: {again:?}");
+
+    let (aci, _) = account(storage).await;
+    storage.accounts.create_link_code(hash, aci, in_an_hour()).await.expect("link code");
+    let again = storage.accounts.create_link_code(hash, aci, in_an_hour()).await;
+    assert!(matches!(again, Err(StoreError::Conflict(_))), "a duplicate link code is a conflict: {again:?}");
+    let orphan = storage.accounts.create_link_code(sealpost::crypto::random_bytes(), Aci::random(), in_an_hour()).await;
+    assert!(matches!(orphan, Err(StoreError::Conflict(_))), "a code for no account is a conflict: {orphan:?}");
+    // The first invite is untouched by the refused one: it still creates exactly one account.
+    let now = sealpost::domain::now_millis();
+    let mut new = NewAccount {
+        aci: Aci::random(),
+        identity_key: ec_public(),
+        registration_id: RegistrationId(9),
+        incarnation: Incarnation::random(),
+        secret_salt: [5; 16],
+        secret_hash: [6; 32],
+        approved: true,
+        created_at: now,
+    };
+    assert_eq!(storage.accounts.create_account(&new, Some(hash), now).await.expect("storage"), Ok(()));
+    new.aci = Aci::random();
+    let spent = storage.accounts.create_account(&new, Some(hash), now).await.expect("storage");
+    assert_eq!(spent, Err(sealpost::storage::CreateAccountError::InvalidInvite), "an invite works once");
+    stores.close().await;
+}
