@@ -112,6 +112,9 @@ command -v node >/dev/null && command -v npm >/dev/null ||
 log "installing the Node test client's locked dependencies"
 (cd tests/client && npm ci --no-audit --no-fund --loglevel=error)
 
+log "structure of src/ (no import circle between files, no file over 400 lines but the tables)"
+python3 scripts/check-structure.py
+
 log "Rust tests (unit, behaviour suite on embedded and scale-out)"
 cargo build --bins
 cargo test --all-targets

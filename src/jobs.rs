@@ -1,8 +1,7 @@
 //! Background jobs of one instance: the reaper that deletes expired envelopes, invite codes and link codes.
 //!
 //! Expired envelopes are already invisible (every read filters on expiry); the reaper only gives their
-//! space back. In the scale-out deployment Redis expires queues itself, so the reaper has nothing to do
-//! there and running it on every instance is harmless.
+//! space back (in Redis, expired envelopes inside queues that are still alive).
 
 use std::time::Duration;
 
