@@ -335,6 +335,20 @@ config_struct! {
     directory_cache_seconds: u64 = "10", "SEALPOST_DIRECTORY_CACHE_SECONDS", false;
     /// Seconds between runs of the reaper that deletes expired envelopes and invite codes.
     reap_interval_seconds: u64 = "60", "SEALPOST_REAP_INTERVAL_SECONDS", false;
+    /// Live contact tokens (QR codes) one account may hold at once; 409 `too_many_contact_tokens` beyond.
+    max_contact_tokens_per_account: u32 = "20", "SEALPOST_MAX_CONTACT_TOKENS_PER_ACCOUNT", false;
+    /// Lifetime of a contact token when its owner names none, in seconds.
+    contact_token_ttl_seconds: u64 = "604800", "SEALPOST_CONTACT_TOKEN_TTL_SECONDS", false;
+    /// Longest lifetime an owner may give a contact token, in seconds.
+    max_contact_token_ttl_seconds: u64 = "31536000", "SEALPOST_MAX_CONTACT_TOKEN_TTL_SECONDS", false;
+    /// Largest encrypted contact-token label, in bytes after base64 decoding.
+    max_contact_token_label_bytes: usize = "512", "SEALPOST_MAX_CONTACT_TOKEN_LABEL_BYTES", false;
+    /// Contact tokens created per account.
+    limit_contact_tokens_per_account: RateLimit = "60/1h", "SEALPOST_LIMIT_CONTACT_TOKENS_PER_ACCOUNT", false;
+    /// Contact-token resolutions per client IP (IPv6: per prefix).
+    limit_contact_resolve_per_ip: RateLimit = "60/1m", "SEALPOST_LIMIT_CONTACT_RESOLVE_PER_IP", false;
+    /// Failed contact-token resolutions per client IP; once spent, every resolution from the address is refused until it refills.
+    limit_contact_resolve_failures_per_ip: RateLimit = "20/1h", "SEALPOST_LIMIT_CONTACT_RESOLVE_FAILURES_PER_IP", false;
     /// TURN server URLs handed to clients with their credentials, comma-separated (e.g. `turn:turn.example.org:3478?transport=udp,turn:turn.example.org:3478?transport=tcp,turns:turn.example.org:5349?transport=tcp`). Empty: `GET /v1/calling/relays` answers an empty list.
     turn_urls: Option<String> = "", "SEALPOST_TURN_URLS", false;
     /// Lifetime of a TURN credential, in seconds: coturn refuses it afterwards, also for refreshing a running call's allocation, so keep it above the longest call.

@@ -73,6 +73,10 @@ pub enum ApiError {
     InvalidVerificationCode,
     #[error("the account already has the most devices allowed")]
     TooManyDevices,
+    #[error("the account already has the most live contact tokens allowed")]
+    TooManyContactTokens,
+    #[error("the request collides with the stored state; retry")]
+    Conflict,
     #[error("this endpoint is a WebSocket: send an upgrade request")]
     UpgradeRequired,
     #[error("a storage service is unavailable; retry shortly")]
@@ -115,7 +119,7 @@ impl ApiError {
             MismatchedDevices { .. } => StatusCode::CONFLICT,
             QueueFull => StatusCode::INSUFFICIENT_STORAGE,
             InvalidVerificationCode => StatusCode::FORBIDDEN,
-            TooManyDevices => StatusCode::CONFLICT,
+            TooManyDevices | TooManyContactTokens | Conflict => StatusCode::CONFLICT,
             UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -155,6 +159,8 @@ impl ApiError {
             QueueFull => "queue_full",
             InvalidVerificationCode => "invalid_verification_code",
             TooManyDevices => "too_many_devices",
+            TooManyContactTokens => "too_many_contact_tokens",
+            Conflict => "conflict",
             UpgradeRequired => "websocket_upgrade_required",
             Unavailable(_) => "unavailable",
             Internal(_) => "internal_error",
@@ -164,7 +170,11 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
-        if err.is_unavailable() { ApiError::Unavailable(err.to_string()) } else { ApiError::Internal(err.to_string()) }
+        match err {
+            StoreError::Unavailable { .. } => ApiError::Unavailable(err.to_string()),
+            StoreError::Conflict(_) => ApiError::Conflict,
+            other => ApiError::Internal(other.to_string()),
+        }
     }
 }
 

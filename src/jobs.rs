@@ -33,6 +33,11 @@ pub fn start(storage: Storage, config: &Config, tasks: &crate::shutdown::Tasks) 
                 Err(err) if err.is_unavailable() => tracing::debug!(error = %err, "code reaper skipped"),
                 Err(err) => tracing::warn!(error = %err, "code reaper failed"),
             }
+            match storage.contacts.reap(crate::domain::now_millis()).await {
+                Ok(_) => {}
+                Err(err) if err.is_unavailable() => tracing::debug!(error = %err, "contact-token reaper skipped"),
+                Err(err) => tracing::warn!(error = %err, "contact-token reaper failed"),
+            }
         }
     });
 }

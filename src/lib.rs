@@ -9,6 +9,7 @@ pub mod access;
 pub mod accounts;
 pub mod calls;
 pub mod config;
+pub mod contacts;
 pub mod crypto;
 pub mod delivery;
 pub mod directory;

@@ -39,4 +39,19 @@ impl Limiter {
             Err(wait) => Err(Self::refused(bucket, wait)),
         }
     }
+
+    /// Refuses, as [`Limiter::check`] would, when the bucket is empty, but takes nothing: for buckets that
+    /// count only some outcomes (failures), checked before the outcome is known.
+    pub async fn check_not_exhausted(
+        &self,
+        bucket: &'static str,
+        identity: &[u8],
+        limit: &RateLimit,
+    ) -> Result<(), ApiError> {
+        let key = pseudonym(&self.key, bucket, identity);
+        match self.store.peek(bucket, &key, limit).await? {
+            Ok(()) => Ok(()),
+            Err(wait) => Err(Self::refused(bucket, wait)),
+        }
+    }
 }

@@ -17,6 +17,7 @@ pub fn api(app: Arc<App>) -> Router {
         .merge(ops::routes())
         .merge(crate::accounts::routes())
         .merge(crate::calls::routes())
+        .merge(crate::contacts::routes())
         .merge(crate::keys::routes())
         .merge(crate::messages::routes())
         .merge(crate::delivery::websocket::routes())

@@ -6,7 +6,7 @@ use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
 
-use crate::access::{AuthedDevice, Caller, authenticate};
+use crate::access::{AuthedDevice, Caller, authenticate, contact_grant};
 use crate::domain::AccessKey;
 use crate::error::ApiError;
 use crate::state::App;
@@ -28,13 +28,21 @@ impl FromRequestParts<Arc<App>> for AuthedDevice {
     }
 }
 
-/// A token when there is one (the access key is then ignored), else `Unidentified-Access-Key`.
+/// A device token when there is one (anything else is then ignored), else a `Contact-Token`, else an
+/// `Unidentified-Access-Key`.
 impl FromRequestParts<Arc<App>> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
         if let Some(token) = bearer(&parts.headers) {
             return Ok(Caller::Device(authenticate(app, token).await?));
+        }
+        if let Some(token) = parts.headers.get("contact-token") {
+            let grant = match token.to_str() {
+                Ok(token) => contact_grant(app, token.trim()).await?,
+                Err(_) => None,
+            };
+            return Ok(Caller::ContactToken(grant));
         }
         match parts.headers.get("unidentified-access-key").and_then(|v| v.to_str().ok()) {
             Some(value) => Ok(Caller::AccessKey(AccessKey::from_b64("Unidentified-Access-Key", value).ok())),

@@ -1,10 +1,11 @@
 //! Who is calling, and whether they may reach an account: decided here, once, for every capability.
 //!
 //! A caller is a device (by its token), or a stranger presenting an unidentified-access key (sealed
-//! sender); contact tokens join as a third kind with the contacts capability. The one rule: a device may
-//! reach any approved account; an access key opens an approved account whose key it matches (compared in
-//! constant time) or that accepts anyone; everything else is refused, and refused the same way whether the
-//! account exists or not, so existence does not leak to anonymous callers.
+//! sender) or a contact token (the random token of a QR code). The one rule: a device may reach any
+//! approved account; an access key opens an approved account whose key it matches (compared in constant
+//! time) or that accepts anyone; a contact token opens the approved account that issued it, while it is
+//! neither revoked nor expired; everything else is refused, and refused the same way whether the account
+//! exists or not, so existence does not leak to anonymous callers.
 //! Never: logs who called, or which account was asked for.
 
 pub mod extract;
@@ -33,6 +34,25 @@ pub enum Caller {
     /// Known only by the 16 bytes it presented; `None` when the header was malformed, which is answered
     /// like a wrong key, after the same lookups.
     AccessKey(Option<AccessKey>),
+    /// A stranger with a contact token; `None` when the token is unknown, revoked or expired.
+    ContactToken(Option<ContactGrant>),
+}
+
+/// What a usable contact token grants: first contact with the account that issued it.
+#[derive(Debug, Clone, Copy)]
+pub struct ContactGrant {
+    pub id: [u8; 16],
+    pub owner: Aci,
+}
+
+/// The contact token of a `Contact-Token` header, looked up: a grant while the token is usable.
+pub async fn contact_grant(app: &App, token: &str) -> Result<Option<ContactGrant>, ApiError> {
+    let hash = crate::crypto::contact_token_hash(&app.keys.pseudonym_key, token);
+    let found = app.storage.contacts.find(hash).await?;
+    let now = crate::domain::now_millis();
+    Ok(found
+        .filter(|t| crate::crypto::constant_time_eq(&t.token_hash, &hash) && t.usable(now))
+        .map(|t| ContactGrant { id: t.id, owner: t.owner }))
 }
 
 impl Caller {
@@ -44,7 +64,7 @@ impl Caller {
     pub fn device(&self) -> Option<AuthedDevice> {
         match self {
             Caller::Device(device) => Some(*device),
-            Caller::AccessKey(_) => None,
+            Caller::AccessKey(_) | Caller::ContactToken(_) => None,
         }
     }
 
@@ -52,7 +72,7 @@ impl Caller {
     pub fn bucket_identity(&self, ip: IpAddr) -> String {
         match self {
             Caller::Device(d) => format!("{}.{}", d.aci, d.device),
-            Caller::AccessKey(_) => format!("ip:{ip}"),
+            Caller::AccessKey(_) | Caller::ContactToken(_) => format!("ip:{ip}"),
         }
     }
 
@@ -61,7 +81,7 @@ impl Caller {
     pub fn not_found(&self) -> ApiError {
         match self {
             Caller::Device(_) => ApiError::NotFound,
-            Caller::AccessKey(_) => ApiError::Unauthorized,
+            Caller::AccessKey(_) | Caller::ContactToken(_) => ApiError::Unauthorized,
         }
     }
 
@@ -76,6 +96,8 @@ impl Caller {
                 account.access_key.is_some_and(|stored| crate::crypto::constant_time_eq(&stored.0, &presented.0))
             }
             (Caller::AccessKey(None), Some(_)) => false,
+            (Caller::ContactToken(Some(grant)), Some(account)) => grant.owner == account.aci,
+            (Caller::ContactToken(None), Some(_)) => false,
         };
         if allowed { Ok(()) } else { Err(self.not_found()) }
     }

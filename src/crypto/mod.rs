@@ -43,16 +43,27 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
 }
 
-/// Keyed pseudonym of an identifier (an IP, an account) so rate-limit buckets name no one.
-pub fn pseudonym(key: &[u8; 32], domain: &str, value: &[u8]) -> [u8; 16] {
+/// Keyed hash of a value within a domain (HMAC-SHA256 of `domain ‖ 0 ‖ value`): without the key, a stored
+/// hash can neither be reversed nor confirmed.
+pub fn keyed_hash(key: &[u8; 32], domain: &str, value: &[u8]) -> [u8; 32] {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts any key length");
     mac.update(domain.as_bytes());
     mac.update(&[0]);
     mac.update(value);
-    let full = mac.finalize().into_bytes();
+    mac.finalize().into_bytes().into()
+}
+
+/// Keyed pseudonym of an identifier (an IP, an account) so rate-limit buckets name no one.
+pub fn pseudonym(key: &[u8; 32], domain: &str, value: &[u8]) -> [u8; 16] {
+    let full = keyed_hash(key, domain, value);
     let mut out = [0u8; 16];
     out.copy_from_slice(&full[..16]);
     out
+}
+
+/// What is stored of a contact token (the text a QR code holds): its keyed hash, never the token.
+pub fn contact_token_hash(key: &[u8; 32], token: &str) -> [u8; 32] {
+    keyed_hash(key, "contact-token", token.as_bytes())
 }
 
 #[cfg(test)]

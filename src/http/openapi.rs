@@ -262,6 +262,51 @@ const ENDPOINTS: &[Endpoint] = &[
         responses: &[(200, "{publicKey}")],
     },
     Endpoint {
+        method: "post",
+        path: "/v1/contact-tokens",
+        summary: "Create a contact token (what a QR code holds); the token is shown only in this answer",
+        auth: Auth::Bearer,
+        body: Some("ContactTokenRequest"),
+        responses: &[
+            (201, "{id, token, uri, expiresAt}"),
+            (400, "invalid_body, invalid_ttl, bad_base64"),
+            (401, "unauthorized"),
+            (409, "too_many_contact_tokens"),
+            (429, "rate_limited"),
+        ],
+    },
+    Endpoint {
+        method: "get",
+        path: "/v1/contact-tokens",
+        summary: "The caller's account's contact tokens (never the tokens themselves)",
+        auth: Auth::Bearer,
+        body: None,
+        responses: &[
+            (200, "{tokens: [{id, label, created, expiresAt, maxUses, uses, revoked}]}"),
+            (401, "unauthorized"),
+        ],
+    },
+    Endpoint {
+        method: "delete",
+        path: "/v1/contact-tokens/{id}",
+        summary: "Revoke a contact token, at once",
+        auth: Auth::Bearer,
+        body: None,
+        responses: &[(204, "revoked"), (400, "invalid_path"), (401, "unauthorized"), (404, "not_found")],
+    },
+    Endpoint {
+        method: "get",
+        path: "/v1/contact/{token}",
+        summary: "Resolve a contact token: whom to contact (no account needed)",
+        auth: Auth::None,
+        body: None,
+        responses: &[
+            (200, "{aci, identityKey}"),
+            (404, "not_found (unknown, revoked, expired or used up: one answer)"),
+            (429, "rate_limited"),
+        ],
+    },
+    Endpoint {
         method: "get",
         path: "/v1/calling/relays",
         summary: "Short-lived TURN credentials for the operator's coturn (empty when none is configured)",
@@ -302,6 +347,11 @@ fn schemas() -> Value {
             "staleDevices": {"type": "array", "items": {"type": "integer"}},
             "missingDevices": {"type": "array", "items": {"type": "integer"}},
             "extraDevices": {"type": "array", "items": {"type": "integer"}},
+        }},
+        "ContactTokenRequest": {"type": "object", "additionalProperties": false, "properties": {
+            "ttlSeconds": {"type": "integer", "minimum": 1},
+            "maxUses": {"type": "integer", "minimum": 1},
+            "label": b64("encrypted by the owner's client; opaque"),
         }},
         "Registration": {"type": "object", "additionalProperties": false,
             "required": ["identityKey", "registrationId", "deviceSecret"], "properties": {
@@ -429,9 +479,12 @@ mod tests {
                 for chunk in text.split(".route(").skip(1) {
                     let Some(rest) = chunk.trim_start().strip_prefix('"') else { continue };
                     let Some((route, after)) = rest.split_once('"') else { continue };
+                    // The method router: `get(a)`, or chained, `post(a).get(b)`, up to the route's close.
                     let after = after.trim_start_matches([',', ' ', '\n']);
+                    let methods = after.split("))").next().unwrap_or_default();
                     for method in ["get", "post", "put", "delete", "patch"] {
-                        if after.starts_with(&format!("{method}(")) {
+                        let chained = format!(".{method}(");
+                        if methods.starts_with(&format!("{method}(")) || methods.contains(&chained) {
                             found.insert((method.to_owned(), route.to_owned()));
                         }
                     }

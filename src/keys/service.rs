@@ -127,6 +127,13 @@ pub async fn fetch(
     let pair = format!("{requester}>{target}");
     let limit = &app.config.limit_prekey_fetch_per_requester_target;
     app.limiter.check("prekey_fetch_requester_target", pair.as_bytes(), limit).await?;
+    // A contact token counts a use at its requester's first bundle fetch, and is refused to new
+    // requesters once it has none left.
+    if let Caller::ContactToken(Some(grant)) = caller
+        && !crate::contacts::service::count_first_contact(app, grant, ip).await?
+    {
+        return Err(caller.not_found());
+    }
     let identity = entry.account.as_ref().map(|a| a.identity_key).ok_or_else(|| caller.not_found())?;
     let devices: Vec<_> = entry.keys.iter().filter(|k| only.is_none_or(|d| d == k.device)).cloned().collect();
     if devices.is_empty() {

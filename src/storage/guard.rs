@@ -181,6 +181,7 @@ guard_trait!(Bus {
 
 guard_trait!(RateLimitStore {
     fn take(&self, bucket: &str, key: &[u8; 16], limit: &RateLimit) -> Result<(), Duration>;
+    fn peek(&self, bucket: &str, key: &[u8; 16], limit: &RateLimit) -> Result<(), Duration>;
 });
 
 guard_trait!(Probe {
@@ -201,4 +202,16 @@ guard_trait!(Lease {
     fn acquire(&self, name: &str, holder: &str, ttl: Duration) -> Option<u64>;
     fn renew(&self, name: &str, holder: &str, token: u64, ttl: Duration) -> bool;
     fn release(&self, name: &str, holder: &str, token: u64) -> ();
+});
+
+guard_trait!(ContactTokens {
+    fn create(&self, token: &NewContactToken, cap: &ContactCap) -> bool;
+    fn list(&self, owner: Aci) -> Vec<ContactToken>;
+    fn revoke(&self, owner: Aci, id: [u8; 16]) -> bool;
+    fn find(&self, token_hash: [u8; 32]) -> Option<ContactToken>;
+    fn count_use(&self, id: [u8; 16], requester: [u8; 16]) -> bool;
+} unguarded {
+    async fn reap(&self, now: i64) -> StoreResult<u64> {
+        self.health.run_within(REAP_TIMEOUT, self.inner.reap(now)).await
+    }
 });

@@ -42,6 +42,7 @@ pub struct Storage {
     pub queue: Arc<dyn MessageQueue>,
     pub bus: Arc<dyn Bus>,
     pub presence: Arc<dyn Presence>,
+    pub contacts: Arc<dyn ContactTokens>,
     pub lease: Arc<dyn Lease>,
     /// Checks every configured store, for `/readyz`.
     pub probes: Vec<Arc<dyn Probe>>,

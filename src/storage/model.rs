@@ -203,3 +203,64 @@ pub enum BusMessage {
     /// Some events were lost on the way (the subscriber fell behind): every local socket re-reads its queue.
     WakeAll,
 }
+
+/// A contact token as its owner creates it.
+#[derive(Debug, Clone)]
+pub struct NewContactToken {
+    pub id: [u8; 16],
+    pub owner: Aci,
+    /// Keyed hash of the token; the token itself is never stored.
+    pub token_hash: [u8; 32],
+    /// Encrypted by the owner's client for itself; opaque.
+    pub label: Option<Vec<u8>>,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub max_uses: Option<u32>,
+}
+
+/// A stored contact token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContactToken {
+    pub id: [u8; 16],
+    pub owner: Aci,
+    pub token_hash: [u8; 32],
+    pub label: Option<Vec<u8>>,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub max_uses: Option<u32>,
+    /// Distinct requesters that have used it.
+    pub uses: u32,
+    pub revoked: bool,
+}
+
+impl ContactToken {
+    /// Neither revoked nor expired: its holders may still use it.
+    pub fn usable(&self, now: i64) -> bool {
+        !self.revoked && crate::domain::is_live(self.expires_at, now)
+    }
+
+    /// Room for one more requester it has not seen.
+    pub fn has_room(&self) -> bool {
+        self.max_uses.is_none_or(|max| self.uses < max)
+    }
+
+    /// What a stranger can still use: usable and not used up. (The four ways to fail, unknown, revoked,
+    /// expired and used up, all look the same from outside.)
+    pub fn live(&self, now: i64) -> bool {
+        self.usable(now) && self.has_room()
+    }
+}
+
+/// How many live contact tokens one account may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct ContactCap {
+    pub max_live: u32,
+    pub now: i64,
+}
+
+impl ContactCap {
+    /// Whether one more token fits beside `existing` (the owner's tokens).
+    pub fn allows(&self, existing: &[ContactToken]) -> bool {
+        existing.iter().filter(|t| t.live(self.now)).count() < self.max_live as usize
+    }
+}

@@ -13,8 +13,8 @@ use crate::domain::{self, AccessKey, Aci, DeviceId, DeviceSlots, EcPublicKey, In
 use crate::domain::{RegistrationId, Signature};
 use crate::storage::error::{StoreError, StoreResult};
 use crate::storage::model::{
-    Account, AddDeviceError, CreateAccountError, Device, DeviceCredentials, DeviceKeys, EcOneTimeKey, SignedEcKey,
-    SignedKemKey,
+    Account, AddDeviceError, ContactToken, CreateAccountError, Device, DeviceCredentials, DeviceKeys, EcOneTimeKey,
+    SignedEcKey, SignedKemKey,
 };
 
 /// The `kind` column of `signed_keys` and `one_time_keys`: an EC key (signed prekey or one-time key).
@@ -145,6 +145,28 @@ pub fn free_device_id(
     let taken = taken.iter().map(|id| device_id(*id)).collect::<StoreResult<Vec<_>>>()?;
     let given_up = given_up.iter().map(|(id, at)| Ok((device_id(*id)?, *at))).collect::<StoreResult<Vec<_>>>()?;
     Ok(slots.pick(&taken, &given_up).ok_or(AddDeviceError::TooManyDevices))
+}
+
+/// `id, token_hash, label, created_at, expires_at, max_uses, uses, revoked` of a contact token (the owner
+/// is decoded by each backend, whose aci columns differ).
+pub type ContactTokenColumns = (Vec<u8>, Vec<u8>, Option<Vec<u8>>, i64, i64, Option<i64>, i64, bool);
+
+pub fn contact_token(
+    owner: Aci,
+    (id, hash, label, created_at, expires_at, max_uses, uses, revoked): ContactTokenColumns,
+) -> StoreResult<ContactToken> {
+    let count = |value: i64| u32::try_from(value).map_err(|_| StoreError::Corrupt("contact token count"));
+    Ok(ContactToken {
+        id: id.as_slice().try_into().map_err(|_| StoreError::Corrupt("contact token id"))?,
+        owner,
+        token_hash: hash.as_slice().try_into().map_err(|_| StoreError::Corrupt("contact token hash"))?,
+        label,
+        created_at,
+        expires_at,
+        max_uses: max_uses.map(count).transpose()?,
+        uses: count(uses)?,
+        revoked,
+    })
 }
 
 #[cfg(test)]

@@ -12,8 +12,8 @@ use crate::config::Config;
 use crate::shutdown::Tasks;
 use crate::storage::guard::{Guarded, StoreHealth};
 use crate::storage::{
-    AccountStore, Bus, KeyStore, Lease, MessageQueue, PreKeyPool, Presence, Probe, RateLimitStore, Storage,
-    StoreResult, postgres, redis,
+    AccountStore, Bus, ContactTokens, KeyStore, Lease, MessageQueue, PreKeyPool, Presence, Probe, RateLimitStore,
+    Storage, StoreResult, postgres, redis,
 };
 
 pub use crate::storage::postgres::Postgres;
@@ -35,6 +35,7 @@ pub async fn connect(config: &Config, database_url: &str, redis_url: &str, tasks
         queue: Guarded::<dyn MessageQueue>::new(redis.queue, redis_health.clone()),
         bus: Guarded::<dyn Bus>::new(redis.bus, redis_health.clone()),
         presence: Guarded::<dyn Presence>::new(redis.presence, redis_health.clone()),
+        contacts: Guarded::<dyn ContactTokens>::new(postgres.clone(), pg_health.clone()),
         lease: Guarded::<dyn Lease>::new(redis.lease, redis_health.clone()),
         limits: Guarded::<dyn RateLimitStore>::new(redis.limits, redis_health.clone()),
         probes: vec![

@@ -148,6 +148,8 @@ pub trait Bus: Send + Sync {
 pub trait RateLimitStore: Send + Sync {
     /// Takes one token; `Err(wait)` tells how long until one is available.
     async fn take(&self, bucket: &str, key: &[u8; 16], limit: &RateLimit) -> StoreResult<Result<(), Duration>>;
+    /// As [`RateLimitStore::take`], but takes nothing: whether a token is there now.
+    async fn peek(&self, bucket: &str, key: &[u8; 16], limit: &RateLimit) -> StoreResult<Result<(), Duration>>;
 }
 
 /// A readiness check of one service.
@@ -179,4 +181,23 @@ pub trait Lease: Send + Sync {
     async fn renew(&self, name: &str, holder: &str, token: u64, ttl: Duration) -> StoreResult<bool>;
     /// Gives the lease up if still held under this token.
     async fn release(&self, name: &str, holder: &str, token: u64) -> StoreResult<()>;
+}
+
+/// Contact tokens: durable, in the database beside the accounts they belong to.
+#[async_trait]
+pub trait ContactTokens: Send + Sync {
+    /// Stores a new token if `cap` allows one more beside the owner's (serialised per owner); false when
+    /// the owner is at the cap.
+    async fn create(&self, token: &NewContactToken, cap: &ContactCap) -> StoreResult<bool>;
+    /// The owner's tokens, newest first.
+    async fn list(&self, owner: Aci) -> StoreResult<Vec<ContactToken>>;
+    /// Revokes one of the owner's tokens; false when the owner has no such token.
+    async fn revoke(&self, owner: Aci, id: [u8; 16]) -> StoreResult<bool>;
+    /// The token with this keyed hash, whatever its state.
+    async fn find(&self, token_hash: [u8; 32]) -> StoreResult<Option<ContactToken>>;
+    /// Counts `requester` (a keyed hash) as a user of the token, once: true when it was counted now or
+    /// before, false when it is new and the token has no room (`ContactToken::has_room`) or is gone.
+    async fn count_use(&self, id: [u8; 16], requester: [u8; 16]) -> StoreResult<bool>;
+    /// Deletes revoked tokens and those expired at `now`; returns how many.
+    async fn reap(&self, now: i64) -> StoreResult<u64>;
 }

@@ -5,6 +5,7 @@ mod harness;
 mod accounts;
 mod authz;
 mod calls;
+mod contacts;
 mod contract;
 mod garbage;
 mod hardening;

@@ -56,6 +56,17 @@ impl RateLimitStore for MemoryLimits {
             Ok(Err(Duration::from_secs_f64((1.0 - tokens) / rate)))
         }
     }
+
+    async fn peek(&self, bucket: &str, key: &[u8; 16], limit: &RateLimit) -> StoreResult<Result<(), Duration>> {
+        let now = Instant::now();
+        let capacity = f64::from(limit.burst);
+        let rate = limit.refill_per_second();
+        let buckets = self.buckets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let tokens = buckets
+            .get(&(bucket.to_owned(), *key))
+            .map_or(capacity, |(tokens, at)| (tokens + now.duration_since(*at).as_secs_f64() * rate).min(capacity));
+        Ok(if tokens >= 1.0 { Ok(()) } else { Err(Duration::from_secs_f64((1.0 - tokens) / rate)) })
+    }
 }
 
 /// In-process bus: events go straight to this process's delivery hub.

@@ -9,6 +9,7 @@
 //! queued write and for the last checkpoint.
 
 mod accounts;
+mod contacts;
 mod keys;
 mod memory;
 mod prekeys;
@@ -28,7 +29,9 @@ use crate::domain::Aci;
 use crate::shutdown::Tasks;
 pub use crate::storage::embedded::memory::{LocalBus, MemoryLease, MemoryLimits, MemoryPresence};
 use crate::storage::guard::{Guarded, StoreHealth};
-use crate::storage::{AccountStore, KeyStore, MessageQueue, PreKeyPool, Probe, Storage, StoreError, StoreResult};
+use crate::storage::{
+    AccountStore, ContactTokens, KeyStore, MessageQueue, PreKeyPool, Probe, Storage, StoreError, StoreResult,
+};
 
 fn options(database_url: &str) -> StoreResult<SqliteConnectOptions> {
     Ok(SqliteConnectOptions::from_str(database_url)?
@@ -88,6 +91,7 @@ pub async fn connect(config: &Config, database_url: &str, tasks: &Tasks) -> Stor
         queue: Guarded::<dyn MessageQueue>::new(db.clone(), health.clone()),
         bus,
         presence: Arc::new(MemoryPresence::default()),
+        contacts: Guarded::<dyn ContactTokens>::new(db.clone(), health.clone()),
         lease: Arc::new(MemoryLease::default()),
         limits,
         probes: vec![Guarded::<dyn Probe>::new(db, health.clone())],

@@ -9,6 +9,7 @@
 //! keys, presence): that is Redis's.
 
 mod accounts;
+mod contacts;
 mod keys;
 
 use std::str::FromStr;

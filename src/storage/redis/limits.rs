@@ -20,13 +20,16 @@ pub struct RedisLimits {
     pool: Pool,
     keys: Keys,
     take_token: Script,
+    peek_token: Script,
 }
 
 impl RedisLimits {
     pub fn new(pool: Pool, keys: Keys) -> Self {
         let take_token =
             Script::from_lua(concat!(include_str!("scripts/token_bucket.lua"), include_str!("scripts/take_token.lua")));
-        RedisLimits { pool, keys, take_token }
+        let peek_token =
+            Script::from_lua(concat!(include_str!("scripts/token_bucket.lua"), include_str!("scripts/peek_token.lua")));
+        RedisLimits { pool, keys, take_token, peek_token }
     }
 }
 
@@ -43,6 +46,14 @@ impl RateLimitStore for RedisLimits {
         let name = self.keys.rate_bucket(bucket, key);
         let args = bucket_args(limit).to_vec();
         let wait: i64 = self.take_token.evalsha_with_reload(self.pool.next_connected(), vec![name], args).await?;
+        Ok(if wait <= 0 { Ok(()) } else { Err(Duration::from_millis(wait as u64)) })
+    }
+
+    async fn peek(&self, bucket: &str, key: &[u8; 16], limit: &RateLimit) -> StoreResult<Result<(), Duration>> {
+        let name = self.keys.rate_bucket(bucket, key);
+        let [cap, per_ms, _] = bucket_args(limit);
+        let wait: i64 =
+            self.peek_token.evalsha_with_reload(self.pool.next_connected(), vec![name], vec![cap, per_ms]).await?;
         Ok(if wait <= 0 { Ok(()) } else { Err(Duration::from_millis(wait as u64)) })
     }
 }
