@@ -323,6 +323,12 @@ config_struct! {
     limit_link_per_ip: RateLimit = "30/1h", "SEALPOST_LIMIT_LINK_PER_IP", false;
     /// Sends per sender and recipient (sender = device, or client IP for sealed sender).
     limit_messages_per_sender_recipient: RateLimit = "1200/1m", "SEALPOST_LIMIT_MESSAGES_PER_SENDER_RECIPIENT", false;
+    /// Multi-recipient (group) sends per client IP.
+    limit_multi_recipient_per_ip: RateLimit = "300/1m", "SEALPOST_LIMIT_MULTI_RECIPIENT_PER_IP", false;
+    /// Recipients (accounts) of one multi-recipient send.
+    max_multi_recipients: usize = "1000", "SEALPOST_MAX_MULTI_RECIPIENTS", false;
+    /// Largest multi-recipient send body, in bytes (413 `payload_too_large` above it).
+    max_multi_recipient_bytes: usize = "2097152", "SEALPOST_MAX_MULTI_RECIPIENT_BYTES", false;
     /// Unacknowledged envelopes in flight on one WebSocket.
     ws_window: usize = "256", "SEALPOST_WS_WINDOW", false;
     /// Seconds without any frame from the client after which a WebSocket is closed.

@@ -67,6 +67,12 @@ pub enum ApiError {
     StaleDevices(Vec<u32>),
     #[error("the messages do not address exactly the recipient's current devices")]
     MismatchedDevices { missing: Vec<u32>, extra: Vec<u32> },
+    #[error("registration ids do not match some recipients' current devices")]
+    StaleRecipients(Vec<RecipientDevices>),
+    #[error("the message does not address exactly some recipients' current devices")]
+    MismatchedRecipients(Vec<RecipientDevices>),
+    #[error("not a multi-recipient sealed-sender message: {0}")]
+    InvalidMultiRecipient(String),
     #[error("the recipient's queue is full")]
     QueueFull,
     #[error("verification code is unknown, used or expired")]
@@ -96,6 +102,39 @@ struct ErrorBody<'a> {
     missing_devices: Option<&'a [u32]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     extra_devices: Option<&'a [u32]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recipients: Option<&'a [RecipientDevices]>,
+}
+
+/// One recipient's device problems in a multi-recipient send (`recipients` of a 409 or 410).
+#[derive(Debug, Serialize)]
+pub struct RecipientDevices {
+    uuid: String,
+    devices: DeviceProblems,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DeviceProblems {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    missing_devices: Option<Vec<u32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    extra_devices: Option<Vec<u32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stale_devices: Option<Vec<u32>>,
+}
+
+impl RecipientDevices {
+    pub fn stale(aci: crate::domain::Aci, stale: Vec<u32>) -> Self {
+        let devices = DeviceProblems { missing_devices: None, extra_devices: None, stale_devices: Some(stale) };
+        RecipientDevices { uuid: aci.to_string(), devices }
+    }
+
+    pub fn mismatched(aci: crate::domain::Aci, missing: Vec<u32>, extra: Vec<u32>) -> Self {
+        let devices =
+            DeviceProblems { missing_devices: Some(missing), extra_devices: Some(extra), stale_devices: None };
+        RecipientDevices { uuid: aci.to_string(), devices }
+    }
 }
 
 impl ApiError {
@@ -114,9 +153,9 @@ impl ApiError {
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             MessageTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            InvalidMessageType | InvalidTtl => StatusCode::BAD_REQUEST,
-            StaleDevices(_) => StatusCode::GONE,
-            MismatchedDevices { .. } => StatusCode::CONFLICT,
+            InvalidMessageType | InvalidTtl | InvalidMultiRecipient(_) => StatusCode::BAD_REQUEST,
+            StaleDevices(_) | StaleRecipients(_) => StatusCode::GONE,
+            MismatchedDevices { .. } | MismatchedRecipients(_) => StatusCode::CONFLICT,
             QueueFull => StatusCode::INSUFFICIENT_STORAGE,
             InvalidVerificationCode => StatusCode::FORBIDDEN,
             TooManyDevices | TooManyContactTokens | Conflict => StatusCode::CONFLICT,
@@ -154,8 +193,9 @@ impl ApiError {
             MessageTooLarge => "message_too_large",
             InvalidMessageType => "invalid_message_type",
             InvalidTtl => "invalid_ttl",
-            StaleDevices(_) => "stale_devices",
-            MismatchedDevices { .. } => "mismatched_devices",
+            StaleDevices(_) | StaleRecipients(_) => "stale_devices",
+            MismatchedDevices { .. } | MismatchedRecipients(_) => "mismatched_devices",
+            InvalidMultiRecipient(_) => "invalid_multi_recipient_message",
             QueueFull => "queue_full",
             InvalidVerificationCode => "invalid_verification_code",
             TooManyDevices => "too_many_devices",
@@ -194,13 +234,22 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable(_) => self.to_string(),
             other => other.to_string(),
         };
-        let mut body =
-            ErrorBody { code: self.code(), message, stale_devices: None, missing_devices: None, extra_devices: None };
+        let mut body = ErrorBody {
+            code: self.code(),
+            message,
+            stale_devices: None,
+            missing_devices: None,
+            extra_devices: None,
+            recipients: None,
+        };
         match &self {
             ApiError::StaleDevices(stale) => body.stale_devices = Some(stale),
             ApiError::MismatchedDevices { missing, extra } => {
                 body.missing_devices = Some(missing);
                 body.extra_devices = Some(extra);
+            }
+            ApiError::StaleRecipients(recipients) | ApiError::MismatchedRecipients(recipients) => {
+                body.recipients = Some(recipients)
             }
             _ => {}
         }

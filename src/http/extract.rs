@@ -47,6 +47,33 @@ impl<T: DeserializeOwned> FromRequest<Arc<App>> for Json<T> {
     }
 }
 
+/// A binary body of the given content type, at most `limit` bytes, within the body deadline (for the
+/// few endpoints that take bytes rather than JSON; they set their own size limit).
+pub async fn binary_body(
+    request: Request,
+    content_type: &str,
+    limit: usize,
+    deadline: Duration,
+) -> Result<Bytes, ApiError> {
+    let declared =
+        request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).and_then(|v| v.split(';').next());
+    if !declared.is_some_and(|v| v.trim().eq_ignore_ascii_case(content_type)) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let read = axum::body::to_bytes(request.into_body(), limit);
+    match tokio::time::timeout(deadline, read).await {
+        Err(_) => Err(ApiError::RequestTimeout),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(err)) => {
+            if err.into_inner().is::<http_body_util::LengthLimitError>() {
+                Err(ApiError::PayloadTooLarge)
+            } else {
+                Err(ApiError::InvalidBody("could not read the body".into()))
+            }
+        }
+    }
+}
+
 /// Path parameters; a parameter that does not decode (say, invalid UTF-8) is our `invalid_path` error.
 pub struct Path<T>(pub T);
 

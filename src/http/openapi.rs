@@ -12,6 +12,8 @@ pub enum Auth {
     Basic,
     Bearer,
     BearerOrAccessKey,
+    /// Only an unidentified-access key (the combined key of a multi-recipient send).
+    AccessKey,
 }
 
 struct Endpoint {
@@ -24,6 +26,9 @@ struct Endpoint {
     /// Status codes with the error `code`s (or a description) each may carry.
     responses: &'static [(u16, &'static str)],
 }
+
+/// The body name that stands for the binary multi-recipient message rather than a JSON schema.
+const MULTI_RECIPIENT_BODY: &str = "MultiRecipientMessage";
 
 const ENDPOINTS: &[Endpoint] = &[
     Endpoint {
@@ -230,6 +235,23 @@ const ENDPOINTS: &[Endpoint] = &[
         ],
     },
     Endpoint {
+        method: "put",
+        path: "/v1/messages/multi_recipient",
+        summary: "Send one sealed-sender message to many recipients (libsignal's multi-recipient format)",
+        auth: Auth::AccessKey,
+        body: Some(MULTI_RECIPIENT_BODY),
+        responses: &[
+            (200, "{uuids404: [], notQueued: [{uuid, reason}]}"),
+            (400, "invalid_multi_recipient_message, invalid_ttl, invalid_query"),
+            (401, "unauthorized (the combined access key does not match)"),
+            (409, "mismatched_devices {recipients: [{uuid, devices: {missingDevices, extraDevices}}]}"),
+            (410, "stale_devices {recipients: [{uuid, devices: {staleDevices}}]}"),
+            (413, "message_too_large, payload_too_large"),
+            (415, "unsupported_media_type"),
+            (429, "rate_limited"),
+        ],
+    },
+    Endpoint {
         method: "get",
         path: "/v1/messages",
         summary: "Pending envelopes, oldest first, for clients without a socket",
@@ -421,7 +443,8 @@ pub fn document() -> Value {
             Auth::None => json!([]),
             Auth::Basic => json!([{"deviceSecret": []}]),
             Auth::Bearer => json!([{"bearer": []}]),
-            Auth::BearerOrAccessKey => json!([{"bearer": []}, {"unidentifiedAccessKey": []}]),
+            Auth::BearerOrAccessKey => json!([{"bearer": []}, {"unidentifiedAccessKey": []}, {"contactToken": []}]),
+            Auth::AccessKey => json!([{"unidentifiedAccessKey": []}]),
         };
         let parameters: Vec<Value> = endpoint
             .path
@@ -435,9 +458,17 @@ pub fn document() -> Value {
             "parameters": parameters,
             "responses": responses,
         });
-        if let Some(body) = endpoint.body {
-            operation["requestBody"] = json!({"required": true, "content": {"application/json": {
-                "schema": {"$ref": format!("#/components/schemas/{body}")}}}});
+        match endpoint.body {
+            // The one binary body: libsignal's multi-recipient message, parsed by the server.
+            Some(MULTI_RECIPIENT_BODY) => {
+                operation["requestBody"] = json!({"required": true, "content": {"application/vnd.signal-messenger.mrm": {
+                    "schema": {"type": "string", "format": "binary"}}}});
+            }
+            Some(body) => {
+                operation["requestBody"] = json!({"required": true, "content": {"application/json": {
+                    "schema": {"$ref": format!("#/components/schemas/{body}")}}}});
+            }
+            None => {}
         }
         let entry = paths.entry(endpoint.path).or_insert_with(|| json!({}));
         entry[endpoint.method] = operation;
@@ -453,6 +484,7 @@ pub fn document() -> Value {
                 "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
                 "deviceSecret": {"type": "http", "scheme": "basic"},
                 "unidentifiedAccessKey": {"type": "apiKey", "in": "header", "name": "Unidentified-Access-Key"},
+                "contactToken": {"type": "apiKey", "in": "header", "name": "Contact-Token"},
             },
         },
     })
@@ -515,7 +547,7 @@ mod tests {
         for endpoint in ENDPOINTS {
             let operation = &doc["paths"][endpoint.path][endpoint.method];
             assert!(operation.is_object(), "{} {}", endpoint.method, endpoint.path);
-            if let Some(body) = endpoint.body {
+            if let Some(body) = endpoint.body.filter(|b| *b != MULTI_RECIPIENT_BODY) {
                 assert!(doc["components"]["schemas"][body].is_object(), "schema {body} exists");
             }
         }

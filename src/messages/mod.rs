@@ -16,16 +16,17 @@ use uuid::Uuid;
 
 use crate::access::{AuthedDevice, Caller};
 use crate::delivery::proto::Envelope;
-use crate::domain::{Aci, decode_b64, encode_b64, now_millis};
+use crate::domain::{AccessKey, Aci, decode_b64, encode_b64, now_millis};
 use crate::error::ApiError;
 use crate::http::ClientIp;
-use crate::http::extract::{Json, Path};
+use crate::http::extract::{Json, Path, Query, binary_body};
 use crate::relay::{self, Options, Outgoing};
 use crate::state::App;
 
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
         .route("/v1/messages/{aci}", put(send))
+        .route("/v1/messages/multi_recipient", put(send_multi))
         .route("/v1/messages", get(pending))
         .route("/v1/messages/uuid/{guid}", delete(acknowledge))
         .route("/v1/certificate/delivery", get(delivery_certificate))
@@ -86,6 +87,69 @@ async fn send(
     };
     let sent = relay::send(&app, &sender, ip, Aci::parse(&target), messages, options).await?;
     Ok(axum::Json(SendResponse { needs_sync: sent.needs_sync }))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct MultiQuery {
+    ts: u64,
+    #[serde(default)]
+    online: bool,
+    #[serde(default)]
+    urgent: Option<bool>,
+    #[serde(default)]
+    ttl_seconds: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct NotQueuedView {
+    uuid: String,
+    reason: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MultiResponse {
+    /// Signal's field; always empty here, since an unknown recipient makes the combined key wrong (401).
+    uuids404: Vec<String>,
+    not_queued: Vec<NotQueuedView>,
+}
+
+/// The content type libsignal's clients upload multi-recipient messages with.
+const MULTI_RECIPIENT_TYPE: &str = "application/vnd.signal-messenger.mrm";
+
+async fn send_multi(
+    State(app): State<Arc<App>>,
+    ClientIp(ip): ClientIp,
+    Query(query): Query<MultiQuery>,
+    request: axum::extract::Request,
+) -> Result<impl IntoResponse, ApiError> {
+    let access_key = request
+        .headers()
+        .get("unidentified-access-key")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| AccessKey::from_b64("Unidentified-Access-Key", v).ok());
+    let deadline = std::time::Duration::from_secs(app.config.body_read_timeout_seconds);
+    let body = binary_body(request, MULTI_RECIPIENT_TYPE, app.config.max_multi_recipient_bytes, deadline).await?;
+    let options = relay::multi::Options {
+        timestamp: query.ts,
+        online: query.online,
+        urgent: query.urgent.unwrap_or(true),
+        ttl_seconds: query.ttl_seconds,
+    };
+    let sent = relay::multi::send(&app, ip, access_key, &body, options).await?;
+    let not_queued = sent
+        .not_queued
+        .into_iter()
+        .map(|(aci, why)| NotQueuedView {
+            uuid: aci.to_string(),
+            reason: match why {
+                relay::multi::NotQueued::QueueFull => "queue_full",
+                relay::multi::NotQueued::DevicesChanged => "devices_changed",
+            },
+        })
+        .collect();
+    Ok(axum::Json(MultiResponse { uuids404: Vec::new(), not_queued }))
 }
 
 #[derive(Serialize)]

@@ -9,6 +9,8 @@
 //! Never: parses, logs or indexes envelope content; stores who sent a sealed-sender envelope.
 
 mod devices;
+pub mod multi;
+pub mod multi_recipient;
 
 use std::net::IpAddr;
 

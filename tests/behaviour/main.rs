@@ -8,6 +8,7 @@ mod calls;
 mod contacts;
 mod contract;
 mod garbage;
+mod groups;
 mod hardening;
 mod keys;
 mod linking;
