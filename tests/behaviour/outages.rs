@@ -22,15 +22,15 @@ const STORE_TIMEOUT_MS: u64 = 1000;
 /// the minutes such requests hung before.
 const FAIL_FAST: Duration = Duration::from_secs(5);
 
-/// A free TCP port on loopback; with `cluster`, also its cluster-bus port (+10000) is free.
+/// A free TCP port on loopback; with `cluster`, also its cluster-bus port (+10000) is free. Both lie below
+/// the kernel's range of ephemeral ports (32768 and up here), so while a test has its store stopped, no
+/// outgoing connection can be given the store's port as its own and keep it from starting again.
 fn free_port(cluster: bool) -> u16 {
+    use rand::Rng;
     for _ in 0..200 {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        if !cluster {
-            return port;
-        }
-        if port <= 55_535 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+        let port: u16 = rand::thread_rng().gen_range(10_000..22_000);
+        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && (!cluster || free(port + 10_000)) {
             return port;
         }
     }
@@ -476,7 +476,10 @@ impl OwnPostgres {
         let mut command = self.as_owner(&self.pg_ctl);
         command.args(["-D", &data, "-l", &log, "-w", "-o", &options, "-m", "fast", action]);
         let status = command.stdout(Stdio::null()).status().expect("pg_ctl");
-        assert!(status.success(), "pg_ctl {action} failed");
+        if !status.success() {
+            let log = std::fs::read_to_string(self.dir.join("pg.log")).unwrap_or_default();
+            panic!("pg_ctl {action} failed; its log ends:\n{}", &log[log.len().saturating_sub(2000)..]);
+        }
     }
 
     fn url(&self) -> String {
