@@ -90,6 +90,13 @@ if ! redis_up "$REDIS_URL"; then
 fi
 export SEALPOST_TEST_DATABASE_URL="$DB_URL" SEALPOST_TEST_REDIS_URL="$REDIS_URL"
 
+# Scale-out attachments go to an S3-compatible bucket: a throwaway moto server (installed from PyPI into a
+# cached virtualenv the first time).
+log "starting a throwaway S3-compatible server (moto) for the attachment tests"
+moto="$(scripts/s3-test-server.sh "$SCRATCH/moto.log")" || fail "could not start the S3 test server (see above)"
+CLEANUP+=("kill ${moto%% *}")
+export SEALPOST_TEST_S3_ENDPOINT="${moto#* }"
+
 # The calls tests run a coturn of their own (Debian's package), installed here when it is missing.
 if ! command -v turnserver >/dev/null || ! command -v turnutils_uclient >/dev/null; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

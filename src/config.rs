@@ -355,6 +355,34 @@ config_struct! {
     limit_contact_resolve_per_ip: RateLimit = "60/1m", "SEALPOST_LIMIT_CONTACT_RESOLVE_PER_IP", false;
     /// Failed contact-token resolutions per client IP; once spent, every resolution from the address is refused until it refills.
     limit_contact_resolve_failures_per_ip: RateLimit = "20/1h", "SEALPOST_LIMIT_CONTACT_RESOLVE_FAILURES_PER_IP", false;
+    /// Largest attachment, in bytes (413 `attachment_too_large` when one is declared larger).
+    max_attachment_bytes: u64 = "104857600", "SEALPOST_MAX_ATTACHMENT_BYTES", false;
+    /// Attachment bytes an account may declare per period, in MiB (each attachment counts at least 1 MiB; 429 `rate_limited` beyond).
+    limit_attachment_mib_per_account: RateLimit = "2048/1d", "SEALPOST_LIMIT_ATTACHMENT_MIB_PER_ACCOUNT", false;
+    /// Attachment downloads per client IP (IPv6: per prefix).
+    limit_attachment_downloads_per_ip: RateLimit = "600/1m", "SEALPOST_LIMIT_ATTACHMENT_DOWNLOADS_PER_IP", false;
+    /// Lifetime of an attachment from its creation, in seconds; the reaper deletes it afterwards.
+    attachment_ttl_seconds: u64 = "2592000", "SEALPOST_ATTACHMENT_TTL_SECONDS", false;
+    /// Seconds an upload credential works; an upload unfinished by then is deleted.
+    attachment_upload_window_seconds: u64 = "86400", "SEALPOST_ATTACHMENT_UPLOAD_WINDOW_SECONDS", false;
+    /// Bytes of an upload held in memory before they are stored as one part (one object); the memory one upload holds.
+    attachment_part_bytes: usize = "4194304", "SEALPOST_ATTACHMENT_PART_BYTES", false;
+    /// Seconds an upload may go without receiving a byte before it is cut off (what was received is kept).
+    attachment_idle_timeout_seconds: u64 = "30", "SEALPOST_ATTACHMENT_IDLE_TIMEOUT_SECONDS", false;
+    /// Directory for attachments when no S3 bucket is set. Empty means `<data_dir>/attachments`.
+    attachments_dir: Option<PathBuf> = "", "SEALPOST_ATTACHMENTS_DIR", false;
+    /// S3-compatible bucket for attachments (needed when several instances serve one deployment). Empty: the attachments directory.
+    s3_bucket: Option<String> = "", "SEALPOST_S3_BUCKET", false;
+    /// S3 endpoint URL for a store other than AWS (MinIO, Ceph, Garage, R2, …), e.g. `http://minio:9000`; requests then use path-style URLs. Empty: AWS.
+    s3_endpoint: Option<String> = "", "SEALPOST_S3_ENDPOINT", false;
+    /// S3 region.
+    s3_region: String = "us-east-1", "SEALPOST_S3_REGION", false;
+    /// S3 access key id. Empty: `AWS_ACCESS_KEY_ID`, or the instance's credentials.
+    s3_access_key_id: Option<String> = "", "SEALPOST_S3_ACCESS_KEY_ID", false;
+    /// S3 secret access key. Empty: `AWS_SECRET_ACCESS_KEY`, or the instance's credentials.
+    s3_secret_access_key: Option<String> = "", "SEALPOST_S3_SECRET_ACCESS_KEY", true;
+    /// Prefix of every object name in the bucket or directory (e.g. `sealpost/`), so one bucket can serve several deployments.
+    s3_prefix: Option<String> = "", "SEALPOST_S3_PREFIX", false;
     /// TURN server URLs handed to clients with their credentials, comma-separated (e.g. `turn:turn.example.org:3478?transport=udp,turn:turn.example.org:3478?transport=tcp,turns:turn.example.org:5349?transport=tcp`). Empty: `GET /v1/calling/relays` answers an empty list.
     turn_urls: Option<String> = "", "SEALPOST_TURN_URLS", false;
     /// Lifetime of a TURN credential, in seconds: coturn refuses it afterwards, also for refreshing a running call's allocation, so keep it above the longest call.
@@ -495,6 +523,18 @@ impl Config {
         }
         if self.store_timeout_ms == 0 {
             return Err(ConfigError("SEALPOST_STORE_TIMEOUT_MS must be positive".into()));
+        }
+        if self.attachment_part_bytes < 65536 || self.attachment_ttl_seconds == 0 || self.max_attachment_bytes == 0 {
+            return Err(ConfigError(
+                "SEALPOST_ATTACHMENT_PART_BYTES must be at least 65536, SEALPOST_ATTACHMENT_TTL_SECONDS and \
+                 SEALPOST_MAX_ATTACHMENT_BYTES positive"
+                    .into(),
+            ));
+        }
+        if let Some(prefix) = &self.s3_prefix
+            && object_store::path::Path::parse(prefix.trim_end_matches('/')).is_err()
+        {
+            return Err(ConfigError("SEALPOST_S3_PREFIX must be a plain path like `sealpost/`".into()));
         }
         if let Backend::ScaleOut { database_url, redis_url } = self.backend() {
             if let Err(err) = sqlx::postgres::PgConnectOptions::from_str(&database_url) {

@@ -20,8 +20,8 @@ pub enum ApiError {
     InvalidBody(String),
     #[error("request body has a field this endpoint does not accept: {0}")]
     UnknownField(String),
-    #[error("request body must be application/json")]
-    UnsupportedMediaType,
+    #[error("request body must be {0}")]
+    UnsupportedMediaType(&'static str),
     #[error("request body is too large")]
     PayloadTooLarge,
     /// A value that does not parse (base64, a key's length or type, a registration id, a secret).
@@ -73,6 +73,18 @@ pub enum ApiError {
     MismatchedRecipients(Vec<RecipientDevices>),
     #[error("not a multi-recipient sealed-sender message: {0}")]
     InvalidMultiRecipient(String),
+    #[error("header {0} is missing or not valid")]
+    InvalidHeader(&'static str),
+    #[error("the attachment is larger than allowed")]
+    AttachmentTooLarge,
+    #[error("the upload credential is unknown, wrong, expired or already used")]
+    InvalidUploadCredential,
+    #[error("Upload-Offset is not where the upload stands; resume from the Upload-Offset of this answer")]
+    UploadOffsetMismatch(u64),
+    #[error("only tus 1.0.0 is supported")]
+    UnsupportedTusVersion,
+    #[error("the range is outside the attachment")]
+    RangeNotSatisfiable(u64),
     #[error("the recipient's queue is full")]
     QueueFull,
     #[error("verification code is unknown, used or expired")]
@@ -144,7 +156,7 @@ impl ApiError {
             MalformedJson(_) | InvalidBody(_) | UnknownField(_) | Invalid(_) | InvalidKeyId | TooManyKeys(_)
             | DuplicateKeyId | InvalidPath | InvalidQuery => StatusCode::BAD_REQUEST,
             RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             InvalidSignature(_) => StatusCode::UNPROCESSABLE_ENTITY,
             InviteRequired | InvalidInvite | PendingApproval | PrimaryDeviceRequired => StatusCode::FORBIDDEN,
@@ -153,7 +165,12 @@ impl ApiError {
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             MessageTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            InvalidMessageType | InvalidTtl | InvalidMultiRecipient(_) => StatusCode::BAD_REQUEST,
+            InvalidMessageType | InvalidTtl | InvalidMultiRecipient(_) | InvalidHeader(_) => StatusCode::BAD_REQUEST,
+            AttachmentTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            InvalidUploadCredential => StatusCode::FORBIDDEN,
+            UploadOffsetMismatch(_) => StatusCode::CONFLICT,
+            UnsupportedTusVersion => StatusCode::PRECONDITION_FAILED,
+            RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             StaleDevices(_) | StaleRecipients(_) => StatusCode::GONE,
             MismatchedDevices { .. } | MismatchedRecipients(_) => StatusCode::CONFLICT,
             QueueFull => StatusCode::INSUFFICIENT_STORAGE,
@@ -172,7 +189,7 @@ impl ApiError {
             MalformedJson(_) => "malformed_json",
             InvalidBody(_) => "invalid_body",
             UnknownField(_) => "unknown_field",
-            UnsupportedMediaType => "unsupported_media_type",
+            UnsupportedMediaType(_) => "unsupported_media_type",
             PayloadTooLarge => "payload_too_large",
             Invalid(err) => err.code(),
             InvalidKeyId => "invalid_key_id",
@@ -196,6 +213,12 @@ impl ApiError {
             StaleDevices(_) | StaleRecipients(_) => "stale_devices",
             MismatchedDevices { .. } | MismatchedRecipients(_) => "mismatched_devices",
             InvalidMultiRecipient(_) => "invalid_multi_recipient_message",
+            InvalidHeader(_) => "invalid_header",
+            AttachmentTooLarge => "attachment_too_large",
+            InvalidUploadCredential => "invalid_upload_credential",
+            UploadOffsetMismatch(_) => "upload_offset_mismatch",
+            UnsupportedTusVersion => "unsupported_tus_version",
+            RangeNotSatisfiable(_) => "range_not_satisfiable",
             QueueFull => "queue_full",
             InvalidVerificationCode => "invalid_verification_code",
             TooManyDevices => "too_many_devices",
@@ -221,6 +244,9 @@ impl From<StoreError> for ApiError {
 /// Seconds a client is told to wait after a 503 `unavailable`: about how long a store takes to come back
 /// from a restart or failover, and short enough that queued sends are not held up for long.
 pub const UNAVAILABLE_RETRY_AFTER_SECONDS: u64 = 2;
+
+/// The resumable-upload protocol version attachments speak (tus).
+pub const TUS_VERSION: &str = "1.0.0";
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -263,6 +289,22 @@ impl IntoResponse for ApiError {
             && let Ok(value) = HeaderValue::from_str(&secs.max(1).to_string())
         {
             response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        // What a tus client or a range request needs to carry on.
+        let headers = response.headers_mut();
+        match &self {
+            ApiError::UploadOffsetMismatch(offset) => {
+                headers.insert("upload-offset", HeaderValue::from(*offset));
+            }
+            ApiError::UnsupportedTusVersion => {
+                headers.insert("tus-version", HeaderValue::from_static(TUS_VERSION));
+            }
+            ApiError::RangeNotSatisfiable(length) => {
+                if let Ok(value) = HeaderValue::from_str(&format!("bytes */{length}")) {
+                    headers.insert(header::CONTENT_RANGE, value);
+                }
+            }
+            _ => {}
         }
         response
     }

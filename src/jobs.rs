@@ -1,4 +1,5 @@
-//! Background jobs of one instance: the reaper that deletes expired envelopes, invite codes and link codes.
+//! Background jobs of one instance: the reaper that deletes expired envelopes, invite codes, link codes,
+//! contact tokens and attachments.
 //!
 //! Expired envelopes are already invisible (every read filters on expiry); the reaper only gives their
 //! space back (in Redis, expired envelopes inside queues that are still alive).
@@ -37,6 +38,12 @@ pub fn start(storage: Storage, config: &Config, tasks: &crate::shutdown::Tasks) 
                 Ok(_) => {}
                 Err(err) if err.is_unavailable() => tracing::debug!(error = %err, "contact-token reaper skipped"),
                 Err(err) => tracing::warn!(error = %err, "contact-token reaper failed"),
+            }
+            match crate::attachments::objects::reap(&storage, crate::domain::now_millis()).await {
+                Ok(0) => {}
+                Ok(count) => metrics::counter!("sealpost_attachments_deleted_total").increment(count),
+                Err(err) if err.is_unavailable() => tracing::debug!(error = %err, "attachment reaper skipped"),
+                Err(err) => tracing::warn!(error = %err, "attachment reaper failed"),
             }
         }
     });

@@ -7,6 +7,7 @@
 
 pub mod access;
 pub mod accounts;
+pub mod attachments;
 pub mod calls;
 pub mod config;
 pub mod contacts;

@@ -33,8 +33,20 @@ impl Limiter {
 
     /// Takes one token from `bucket` for `identity`, or answers `rate_limited` with the wait.
     pub async fn check(&self, bucket: &'static str, identity: &[u8], limit: &RateLimit) -> Result<(), ApiError> {
+        self.check_cost(bucket, identity, limit, 1).await
+    }
+
+    /// Takes `cost` tokens from `bucket` for `identity` (a bucket counting bytes rather than requests),
+    /// or answers `rate_limited` with the wait.
+    pub async fn check_cost(
+        &self,
+        bucket: &'static str,
+        identity: &[u8],
+        limit: &RateLimit,
+        cost: u32,
+    ) -> Result<(), ApiError> {
         let key = pseudonym(&self.key, bucket, identity);
-        match self.store.take(bucket, &key, limit).await? {
+        match self.store.take(bucket, &key, limit, cost).await? {
             Ok(()) => Ok(()),
             Err(wait) => Err(Self::refused(bucket, wait)),
         }

@@ -16,6 +16,7 @@ pub fn api(app: Arc<App>) -> Router {
     Router::new()
         .merge(ops::routes())
         .merge(crate::accounts::routes())
+        .merge(crate::attachments::routes())
         .merge(crate::calls::routes())
         .merge(crate::contacts::routes())
         .merge(crate::keys::routes())

@@ -29,7 +29,7 @@ impl<T: DeserializeOwned> FromRequest<Arc<App>> for Json<T> {
                 v.eq_ignore_ascii_case("application/json") || (v.starts_with("application/") && v.ends_with("+json"))
             });
         if !is_json {
-            return Err(ApiError::UnsupportedMediaType);
+            return Err(ApiError::UnsupportedMediaType("application/json"));
         }
         // A body that trickles in (or never completes) holds a connection and a task: it gets a deadline.
         let deadline = Duration::from_secs(app.config.body_read_timeout_seconds);
@@ -51,14 +51,14 @@ impl<T: DeserializeOwned> FromRequest<Arc<App>> for Json<T> {
 /// few endpoints that take bytes rather than JSON; they set their own size limit).
 pub async fn binary_body(
     request: Request,
-    content_type: &str,
+    content_type: &'static str,
     limit: usize,
     deadline: Duration,
 ) -> Result<Bytes, ApiError> {
     let declared =
         request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).and_then(|v| v.split(';').next());
     if !declared.is_some_and(|v| v.trim().eq_ignore_ascii_case(content_type)) {
-        return Err(ApiError::UnsupportedMediaType);
+        return Err(ApiError::UnsupportedMediaType(content_type));
     }
     let read = axum::body::to_bytes(request.into_body(), limit);
     match tokio::time::timeout(deadline, read).await {

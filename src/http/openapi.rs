@@ -14,6 +14,8 @@ pub enum Auth {
     BearerOrAccessKey,
     /// Only an unidentified-access key (the combined key of a multi-recipient send).
     AccessKey,
+    /// An attachment's one-time upload credential (`Upload-Credential`).
+    UploadCredential,
 }
 
 struct Endpoint {
@@ -29,6 +31,12 @@ struct Endpoint {
 
 /// The body name that stands for the binary multi-recipient message rather than a JSON schema.
 const MULTI_RECIPIENT_BODY: &str = "MultiRecipientMessage";
+/// The body name that stands for the raw bytes of a tus upload.
+const UPLOAD_BODY: &str = "UploadBytes";
+
+/// Bodies that are bytes, not JSON, with their content types.
+const BINARY_BODIES: &[(&str, &str)] =
+    &[(MULTI_RECIPIENT_BODY, "application/vnd.signal-messenger.mrm"), (UPLOAD_BODY, "application/offset+octet-stream")];
 
 const ENDPOINTS: &[Endpoint] = &[
     Endpoint {
@@ -329,6 +337,66 @@ const ENDPOINTS: &[Endpoint] = &[
         ],
     },
     Endpoint {
+        method: "post",
+        path: "/v1/attachments",
+        summary: "Start an attachment upload: an id (the download capability) and a one-time upload credential",
+        auth: Auth::Bearer,
+        body: Some("AttachmentRequest"),
+        responses: &[
+            (201, "{id, uploadUrl, uploadCredential, downloadUrl, uploadUntil, expiresAt}"),
+            (400, "invalid_body"),
+            (401, "unauthorized"),
+            (413, "attachment_too_large"),
+            (429, "rate_limited"),
+        ],
+    },
+    Endpoint {
+        method: "options",
+        path: "/v1/attachments/{id}/upload",
+        summary: "tus discovery: Tus-Version, Tus-Max-Size",
+        auth: Auth::None,
+        body: None,
+        responses: &[(204, "tus headers")],
+    },
+    Endpoint {
+        method: "head",
+        path: "/v1/attachments/{id}/upload",
+        summary: "tus: where the upload stands (Upload-Offset, Upload-Length)",
+        auth: Auth::UploadCredential,
+        body: None,
+        responses: &[(200, "Upload-Offset"), (403, "invalid_upload_credential"), (412, "unsupported_tus_version")],
+    },
+    Endpoint {
+        method: "patch",
+        path: "/v1/attachments/{id}/upload",
+        summary: "tus: append bytes at Upload-Offset; bytes received before a broken connection are kept",
+        auth: Auth::UploadCredential,
+        body: Some(UPLOAD_BODY),
+        responses: &[
+            (204, "Upload-Offset after the bytes"),
+            (400, "invalid_header"),
+            (403, "invalid_upload_credential"),
+            (409, "upload_offset_mismatch (Upload-Offset says where the upload stands)"),
+            (412, "unsupported_tus_version"),
+            (413, "attachment_too_large"),
+            (415, "unsupported_media_type"),
+        ],
+    },
+    Endpoint {
+        method: "get",
+        path: "/v1/attachments/{id}",
+        summary: "Download an attachment (no account: the id is the capability); one Range supported",
+        auth: Auth::None,
+        body: None,
+        responses: &[
+            (200, "the bytes"),
+            (206, "the range asked for"),
+            (404, "not_found (unknown, unfinished or expired)"),
+            (416, "range_not_satisfiable"),
+            (429, "rate_limited"),
+        ],
+    },
+    Endpoint {
         method: "get",
         path: "/v1/calling/relays",
         summary: "Short-lived TURN credentials for the operator's coturn (empty when none is configured)",
@@ -369,6 +437,9 @@ fn schemas() -> Value {
             "staleDevices": {"type": "array", "items": {"type": "integer"}},
             "missingDevices": {"type": "array", "items": {"type": "integer"}},
             "extraDevices": {"type": "array", "items": {"type": "integer"}},
+        }},
+        "AttachmentRequest": {"type": "object", "additionalProperties": false, "required": ["length"], "properties": {
+            "length": {"type": "integer", "minimum": 1, "description": "bytes the upload will hold (after client-side encryption)"},
         }},
         "ContactTokenRequest": {"type": "object", "additionalProperties": false, "properties": {
             "ttlSeconds": {"type": "integer", "minimum": 1},
@@ -445,6 +516,7 @@ pub fn document() -> Value {
             Auth::Bearer => json!([{"bearer": []}]),
             Auth::BearerOrAccessKey => json!([{"bearer": []}, {"unidentifiedAccessKey": []}, {"contactToken": []}]),
             Auth::AccessKey => json!([{"unidentifiedAccessKey": []}]),
+            Auth::UploadCredential => json!([{"uploadCredential": []}]),
         };
         let parameters: Vec<Value> = endpoint
             .path
@@ -458,10 +530,10 @@ pub fn document() -> Value {
             "parameters": parameters,
             "responses": responses,
         });
+        let binary = BINARY_BODIES.iter().find(|(name, _)| Some(*name) == endpoint.body);
         match endpoint.body {
-            // The one binary body: libsignal's multi-recipient message, parsed by the server.
-            Some(MULTI_RECIPIENT_BODY) => {
-                operation["requestBody"] = json!({"required": true, "content": {"application/vnd.signal-messenger.mrm": {
+            Some(_) if let Some((_, content_type)) = binary => {
+                operation["requestBody"] = json!({"required": true, "content": {*content_type: {
                     "schema": {"type": "string", "format": "binary"}}}});
             }
             Some(body) => {
@@ -485,6 +557,7 @@ pub fn document() -> Value {
                 "deviceSecret": {"type": "http", "scheme": "basic"},
                 "unidentifiedAccessKey": {"type": "apiKey", "in": "header", "name": "Unidentified-Access-Key"},
                 "contactToken": {"type": "apiKey", "in": "header", "name": "Contact-Token"},
+                "uploadCredential": {"type": "apiKey", "in": "header", "name": "Upload-Credential"},
             },
         },
     })
@@ -514,7 +587,7 @@ mod tests {
                     // The method router: `get(a)`, or chained, `post(a).get(b)`, up to the route's close.
                     let after = after.trim_start_matches([',', ' ', '\n']);
                     let methods = after.split("))").next().unwrap_or_default();
-                    for method in ["get", "post", "put", "delete", "patch"] {
+                    for method in ["get", "post", "put", "delete", "patch", "head", "options"] {
                         let chained = format!(".{method}(");
                         if methods.starts_with(&format!("{method}(")) || methods.contains(&chained) {
                             found.insert((method.to_owned(), route.to_owned()));
@@ -547,7 +620,7 @@ mod tests {
         for endpoint in ENDPOINTS {
             let operation = &doc["paths"][endpoint.path][endpoint.method];
             assert!(operation.is_object(), "{} {}", endpoint.method, endpoint.path);
-            if let Some(body) = endpoint.body.filter(|b| *b != MULTI_RECIPIENT_BODY) {
+            if let Some(body) = endpoint.body.filter(|b| BINARY_BODIES.iter().all(|(name, _)| name != b)) {
                 assert!(doc["components"]["schemas"][body].is_object(), "schema {body} exists");
             }
         }

@@ -180,7 +180,7 @@ guard_trait!(Bus {
 });
 
 guard_trait!(RateLimitStore {
-    fn take(&self, bucket: &str, key: &[u8; 16], limit: &RateLimit) -> Result<(), Duration>;
+    fn take(&self, bucket: &str, key: &[u8; 16], limit: &RateLimit, cost: u32) -> Result<(), Duration>;
     fn peek(&self, bucket: &str, key: &[u8; 16], limit: &RateLimit) -> Result<(), Duration>;
 });
 
@@ -202,6 +202,17 @@ guard_trait!(Lease {
     fn acquire(&self, name: &str, holder: &str, ttl: Duration) -> Option<u64>;
     fn renew(&self, name: &str, holder: &str, token: u64, ttl: Duration) -> bool;
     fn release(&self, name: &str, holder: &str, token: u64) -> ();
+});
+
+guard_trait!(AttachmentStore {
+    fn create_attachment(&self, attachment: &NewAttachment) -> ();
+    fn attachment(&self, id_hash: [u8; 32]) -> Option<Attachment>;
+    fn add_part(&self, id_hash: [u8; 32], part: &AttachmentPart, now: i64) -> bool;
+    fn delete_attachments(&self, id_hashes: &[[u8; 32]]) -> u64;
+} unguarded {
+    async fn expired_attachments(&self, now: i64, limit: usize) -> StoreResult<Vec<[u8; 32]>> {
+        self.health.run_within(REAP_TIMEOUT, self.inner.expired_attachments(now, limit)).await
+    }
 });
 
 guard_trait!(ContactTokens {

@@ -2,6 +2,7 @@
 //!
 //! * **Embedded** (`embedded/`): SQLite for durable records, one-time prekey pools and message queues;
 //!   in-process rate-limit buckets, bus, presence and leases. No service to run.
+//! * **Attachment bytes** (`objects`), in either deployment: a directory, or an S3-compatible bucket.
 //! * **Scale-out** (`scaleout`, assembling `postgres/` and `redis/`): Postgres for durable records
 //!   (accounts, devices, identity, signed and last-resort keys, invite and link codes); Redis or Redis
 //!   Cluster for one-time prekey pools (atomic pop), message queues, rate-limit buckets, presence, leases
@@ -16,6 +17,7 @@ pub mod error;
 pub mod guard;
 mod migrate;
 pub mod model;
+pub mod objects;
 pub mod postgres;
 pub mod redis;
 mod rows;
@@ -43,6 +45,9 @@ pub struct Storage {
     pub bus: Arc<dyn Bus>,
     pub presence: Arc<dyn Presence>,
     pub contacts: Arc<dyn ContactTokens>,
+    pub attachments: Arc<dyn AttachmentStore>,
+    /// Attachment bytes: the attachments directory, or an S3-compatible bucket.
+    pub blobs: Arc<dyn Blobs>,
     pub lease: Arc<dyn Lease>,
     /// Checks every configured store, for `/readyz`.
     pub probes: Vec<Arc<dyn Probe>>,

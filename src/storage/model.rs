@@ -264,3 +264,58 @@ impl ContactCap {
         existing.iter().filter(|t| t.live(self.now)).count() < self.max_live as usize
     }
 }
+
+/// An attachment upload as `POST /v1/attachments` creates it.
+#[derive(Debug, Clone)]
+pub struct NewAttachment {
+    /// SHA-256 of the attachment id (the id is the download capability and is never stored).
+    pub id_hash: [u8; 32],
+    /// SHA-256 of the one-time upload credential.
+    pub credential_hash: [u8; 32],
+    pub length: u64,
+    pub created_at: i64,
+    pub upload_until: i64,
+    pub expires_at: i64,
+}
+
+/// One stored part of an attachment: bytes `start..start + length`, in object `object`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachmentPart {
+    pub start: u64,
+    pub length: u64,
+    pub object: String,
+}
+
+/// A stored attachment, with its parts in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    pub id_hash: [u8; 32],
+    pub credential_hash: [u8; 32],
+    pub length: u64,
+    /// Bytes received so far: the tus `Upload-Offset`.
+    pub received: u64,
+    pub created_at: i64,
+    pub upload_until: i64,
+    pub expires_at: i64,
+    pub completed_at: Option<i64>,
+    pub parts: Vec<AttachmentPart>,
+}
+
+impl Attachment {
+    /// Every declared byte is stored.
+    pub fn complete(&self) -> bool {
+        self.completed_at.is_some()
+    }
+
+    /// Its credential may still add bytes: not complete and within the upload window.
+    pub fn open_for_upload(&self, now: i64) -> bool {
+        !self.complete()
+            && crate::domain::is_live(self.upload_until, now)
+            && crate::domain::is_live(self.expires_at, now)
+    }
+
+    /// Whoever holds its id may download it.
+    pub fn downloadable(&self, now: i64) -> bool {
+        self.complete() && crate::domain::is_live(self.expires_at, now)
+    }
+}

@@ -13,8 +13,8 @@ use crate::domain::{self, AccessKey, Aci, DeviceId, DeviceSlots, EcPublicKey, In
 use crate::domain::{RegistrationId, Signature};
 use crate::storage::error::{StoreError, StoreResult};
 use crate::storage::model::{
-    Account, AddDeviceError, ContactToken, CreateAccountError, Device, DeviceCredentials, DeviceKeys, EcOneTimeKey,
-    SignedEcKey, SignedKemKey,
+    Account, AddDeviceError, Attachment, AttachmentPart, ContactToken, CreateAccountError, Device, DeviceCredentials,
+    DeviceKeys, EcOneTimeKey, SignedEcKey, SignedKemKey,
 };
 
 /// The `kind` column of `signed_keys` and `one_time_keys`: an EC key (signed prekey or one-time key).
@@ -167,6 +167,48 @@ pub fn contact_token(
         uses: count(uses)?,
         revoked,
     })
+}
+
+/// `id_hash, credential_hash, length, received, created_at, upload_until, expires_at, completed_at` of an
+/// attachment.
+pub type AttachmentColumns = (Vec<u8>, Vec<u8>, i64, i64, i64, i64, i64, Option<i64>);
+
+/// `start, length, object` of an attachment part.
+pub type AttachmentPartColumns = (i64, i64, String);
+
+pub fn attachment(
+    (id_hash, credential_hash, length, received, created_at, upload_until, expires_at, completed_at): AttachmentColumns,
+    parts: Vec<AttachmentPartColumns>,
+) -> StoreResult<Attachment> {
+    let size = |value: i64| u64::try_from(value).map_err(|_| StoreError::Corrupt("attachment size"));
+    let hash = |bytes: Vec<u8>| <[u8; 32]>::try_from(bytes).map_err(|_| StoreError::Corrupt("attachment hash"));
+    let parts = parts
+        .into_iter()
+        .map(|(start, length, object)| Ok(AttachmentPart { start: size(start)?, length: size(length)?, object }))
+        .collect::<StoreResult<Vec<_>>>()?;
+    let attachment = Attachment {
+        id_hash: hash(id_hash)?,
+        credential_hash: hash(credential_hash)?,
+        length: size(length)?,
+        received: size(received)?,
+        created_at,
+        upload_until,
+        expires_at,
+        completed_at,
+        parts,
+    };
+    // The parts must tile 0..received exactly, or a download would hand out wrong bytes.
+    let mut next = 0;
+    for part in &attachment.parts {
+        if part.start != next {
+            return Err(StoreError::Corrupt("attachment parts"));
+        }
+        next += part.length;
+    }
+    if next != attachment.received || attachment.received > attachment.length {
+        return Err(StoreError::Corrupt("attachment parts"));
+    }
+    Ok(attachment)
 }
 
 #[cfg(test)]

@@ -11,9 +11,10 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::shutdown::Tasks;
 use crate::storage::guard::{Guarded, StoreHealth};
+use crate::storage::objects::ObjectBlobs;
 use crate::storage::{
-    AccountStore, Bus, ContactTokens, KeyStore, Lease, MessageQueue, PreKeyPool, Presence, Probe, RateLimitStore,
-    Storage, StoreResult, postgres, redis,
+    AccountStore, AttachmentStore, Bus, ContactTokens, KeyStore, Lease, MessageQueue, PreKeyPool, Presence, Probe,
+    RateLimitStore, Storage, StoreResult, postgres, redis,
 };
 
 pub use crate::storage::postgres::Postgres;
@@ -28,6 +29,8 @@ pub async fn connect(config: &Config, database_url: &str, redis_url: &str, tasks
     let postgres = postgres::connect(config, database_url, timeout).await?;
     let redis = redis::connect(config, redis_url, timeout, tasks).await?;
     let (pg_health, redis_health) = (StoreHealth::new("postgres", timeout), StoreHealth::new("redis", timeout));
+    let blobs = ObjectBlobs::open(config)?;
+    let blobs_health = StoreHealth::new("objects", timeout);
     Ok(Storage {
         accounts: Guarded::<dyn AccountStore>::new(postgres.clone(), pg_health.clone()),
         keys: Guarded::<dyn KeyStore>::new(postgres.clone(), pg_health.clone()),
@@ -36,13 +39,16 @@ pub async fn connect(config: &Config, database_url: &str, redis_url: &str, tasks
         bus: Guarded::<dyn Bus>::new(redis.bus, redis_health.clone()),
         presence: Guarded::<dyn Presence>::new(redis.presence, redis_health.clone()),
         contacts: Guarded::<dyn ContactTokens>::new(postgres.clone(), pg_health.clone()),
+        attachments: Guarded::<dyn AttachmentStore>::new(postgres.clone(), pg_health.clone()),
+        blobs: blobs.clone(),
         lease: Guarded::<dyn Lease>::new(redis.lease, redis_health.clone()),
         limits: Guarded::<dyn RateLimitStore>::new(redis.limits, redis_health.clone()),
         probes: vec![
             Guarded::<dyn Probe>::new(postgres, pg_health.clone()),
             Guarded::<dyn Probe>::new(redis.probe, redis_health.clone()),
+            Guarded::<dyn Probe>::new(blobs, blobs_health.clone()),
         ],
-        health: vec![pg_health, redis_health],
+        health: vec![pg_health, redis_health, blobs_health],
         kind: "scale-out",
     })
 }

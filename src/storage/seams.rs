@@ -146,8 +146,15 @@ pub trait Bus: Send + Sync {
 /// Token buckets keyed by an opaque pseudonym (never a raw IP or id).
 #[async_trait]
 pub trait RateLimitStore: Send + Sync {
-    /// Takes one token; `Err(wait)` tells how long until one is available.
-    async fn take(&self, bucket: &str, key: &[u8; 16], limit: &RateLimit) -> StoreResult<Result<(), Duration>>;
+    /// Takes `cost` tokens (1 for a request); `Err(wait)` tells how long until that many are there. A cost
+    /// above the bucket's capacity can never be paid.
+    async fn take(
+        &self,
+        bucket: &str,
+        key: &[u8; 16],
+        limit: &RateLimit,
+        cost: u32,
+    ) -> StoreResult<Result<(), Duration>>;
     /// As [`RateLimitStore::take`], but takes nothing: whether a token is there now.
     async fn peek(&self, bucket: &str, key: &[u8; 16], limit: &RateLimit) -> StoreResult<Result<(), Duration>>;
 }
@@ -200,4 +207,36 @@ pub trait ContactTokens: Send + Sync {
     async fn count_use(&self, id: [u8; 16], requester: [u8; 16]) -> StoreResult<bool>;
     /// Deletes revoked tokens and those expired at `now`; returns how many.
     async fn reap(&self, now: i64) -> StoreResult<u64>;
+}
+
+/// Attachment records: durable, beside the accounts. The bytes are in [`Blobs`].
+#[async_trait]
+pub trait AttachmentStore: Send + Sync {
+    async fn create_attachment(&self, attachment: &NewAttachment) -> StoreResult<()>;
+    /// The attachment with this id hash, with its parts in order.
+    async fn attachment(&self, id_hash: [u8; 32]) -> StoreResult<Option<Attachment>>;
+    /// Records `part`, which begins at the upload's offset, if the offset is still `part.start`: moves the
+    /// offset past it and, when that reaches the length, marks the upload complete at `now`. False when
+    /// the offset moved meanwhile (another writer won) or the attachment is gone; nothing is changed then.
+    async fn add_part(&self, id_hash: [u8; 32], part: &AttachmentPart, now: i64) -> StoreResult<bool>;
+    /// Up to `limit` attachments to delete at `now`: expired ones, and uploads whose window closed unfinished.
+    async fn expired_attachments(&self, now: i64, limit: usize) -> StoreResult<Vec<[u8; 32]>>;
+    /// Deletes these records and their parts (once their objects are gone); returns how many went.
+    async fn delete_attachments(&self, id_hashes: &[[u8; 32]]) -> StoreResult<u64>;
+}
+
+/// Bytes as they arrive from an object store.
+pub type BlobStream = futures_util::stream::BoxStream<'static, StoreResult<bytes::Bytes>>;
+
+/// Opaque objects by name: a directory in the embedded deployment, an S3-compatible bucket in scale-out.
+#[async_trait]
+pub trait Blobs: Send + Sync {
+    /// Stores an object whole (it appears at once or not at all).
+    async fn put(&self, name: &str, bytes: bytes::Bytes) -> StoreResult<()>;
+    /// Bytes `range` of an object, streamed.
+    async fn get(&self, name: &str, range: std::ops::Range<u64>) -> StoreResult<BlobStream>;
+    /// Deletes one object (no error when it is already gone).
+    async fn delete(&self, name: &str) -> StoreResult<()>;
+    /// Deletes every object under the folder `prefix` (whole path segments); returns how many.
+    async fn delete_prefix(&self, prefix: &str) -> StoreResult<u64>;
 }

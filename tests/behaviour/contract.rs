@@ -14,7 +14,8 @@ use sealpost::config::Config;
 use sealpost::domain::{Aci, DeviceId, DeviceSlots, EcPublicKey, Incarnation, KemPublicKey, RegistrationId, Signature};
 use sealpost::shutdown::Tasks;
 use sealpost::storage::{
-    EcOneTimeKey, NewAccount, NewDevice, NewEnvelope, PushOutcome, Recipient, SignedKemKey, Storage, StoreError,
+    AttachmentPart, EcOneTimeKey, NewAccount, NewAttachment, NewDevice, NewEnvelope, PushOutcome, Recipient,
+    SignedKemKey, Storage, StoreError,
 };
 
 use crate::both_backends;
@@ -29,6 +30,8 @@ both_backends!(
     a_lease_has_one_holder_and_growing_fencing_tokens,
     presence_is_seen_by_every_instance_and_expires,
     unique_keys_conflict,
+    attachment_parts_race_for_an_offset_and_one_wins,
+    a_cost_above_a_buckets_capacity_is_never_paid,
 );
 
 /// The stores of one backend as a test holds them, with what is needed to stop and remove them.
@@ -368,5 +371,64 @@ async fn unique_keys_conflict(backend: Backend) {
     new.aci = Aci::random();
     let spent = storage.accounts.create_account(&new, Some(hash), now).await.expect("storage");
     assert_eq!(spent, Err(sealpost::storage::CreateAccountError::InvalidInvite), "an invite works once");
+    stores.close().await;
+}
+
+async fn attachment_parts_race_for_an_offset_and_one_wins(backend: Backend) {
+    let stores = Stores::open(backend).await;
+    let now = sealpost::domain::now_millis();
+    let id_hash: [u8; 32] = sealpost::crypto::random_bytes();
+    let new = NewAttachment {
+        id_hash,
+        credential_hash: [7; 32],
+        length: 30,
+        created_at: now,
+        upload_until: now + 60_000,
+        expires_at: now + 120_000,
+    };
+    stores.storage.attachments.create_attachment(&new).await.expect("create");
+    // Eight writers, on both instances where there are two, all try to store bytes 0..10.
+    let writers = (0..8).map(|i| {
+        let storage = if i % 2 == 0 { stores.storage.clone() } else { stores.elsewhere().clone() };
+        async move {
+            let part = AttachmentPart { start: 0, length: 10, object: format!("w{i}") };
+            storage.attachments.add_part(id_hash, &part, now).await.expect("add part")
+        }
+    });
+    let won = futures_util::future::join_all(writers).await;
+    assert_eq!(won.iter().filter(|w| **w).count(), 1, "exactly one writer stores the part: {won:?}");
+    // The rest go on from the new offset; one that would pass the declared length is refused.
+    let part = |start, length, object: &str| AttachmentPart { start, length, object: object.into() };
+    assert!(!stores.storage.attachments.add_part(id_hash, &part(10, 21, "long"), now).await.expect("add"));
+    assert!(stores.storage.attachments.add_part(id_hash, &part(10, 20, "rest"), now + 5).await.expect("add"));
+    let stored = stores.elsewhere().attachments.attachment(id_hash).await.expect("read").expect("there");
+    assert_eq!(
+        (stored.received, stored.completed_at),
+        (30, Some(now + 5)),
+        "complete when the offset reaches the length"
+    );
+    assert_eq!(stored.parts.iter().map(|p| (p.start, p.length)).collect::<Vec<_>>(), vec![(0, 10), (10, 20)]);
+    assert!(!stores.storage.attachments.add_part(id_hash, &part(30, 1, "more"), now).await.expect("add"), "complete");
+    // Due for deletion once expired; deleting takes the parts along.
+    assert!(stores.storage.attachments.expired_attachments(now, 10).await.expect("due").is_empty());
+    let due = stores.storage.attachments.expired_attachments(now + 120_000, 10).await.expect("due");
+    assert_eq!(due, vec![id_hash]);
+    assert_eq!(stores.storage.attachments.delete_attachments(&due).await.expect("delete"), 1);
+    assert!(stores.elsewhere().attachments.attachment(id_hash).await.expect("read").is_none());
+    stores.close().await;
+}
+
+async fn a_cost_above_a_buckets_capacity_is_never_paid(backend: Backend) {
+    let stores = Stores::open(backend).await;
+    let limit = limit("10/1h");
+    let key = sealpost::crypto::random_bytes::<16>();
+    let limits = &stores.storage.limits;
+    assert!(limits.take("test_cost", &key, &limit, 11).await.expect("take").is_err(), "more than the capacity");
+    assert!(limits.take("test_cost", &key, &limit, 7).await.expect("take").is_ok());
+    let wait = limits.take("test_cost", &key, &limit, 4).await.expect("take").expect_err("only 3 left");
+    // One token comes back every 6 minutes: the fourth is about 6 minutes away.
+    assert!((300..=370).contains(&wait.as_secs()), "{wait:?}");
+    assert!(limits.take("test_cost", &key, &limit, 3).await.expect("take").is_ok());
+    assert!(limits.take("test_cost", &key, &limit, 1).await.expect("take").is_err());
     stores.close().await;
 }

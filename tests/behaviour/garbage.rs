@@ -99,7 +99,8 @@ async fn random_bodies_never_cause_a_server_error(backend: Backend) {
             server.call(method.clone(), path, auth, Some(random_value(&mut rng, 0))).await
         };
         assert!(reply.status.as_u16() < 500, "{method} {path} answered {}: {}", reply.status, reply.body);
-        if reply.status.as_u16() >= 400 {
+        // (An answer to HEAD has no body by definition.)
+        if reply.status.as_u16() >= 400 && method != Method::HEAD {
             assert!(reply.body["code"].is_string(), "{method} {path} error without a code: {}", reply.body);
         }
     }

@@ -31,6 +31,11 @@ pub fn redis_url() -> String {
     std::env::var("SEALPOST_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+/// The S3-compatible server for scale-out attachments (scripts/test.sh starts moto and sets it), if any.
+pub fn s3_endpoint() -> Option<String> {
+    std::env::var("SEALPOST_TEST_S3_ENDPOINT").ok().filter(|v| !v.is_empty())
+}
+
 pub fn limit(text: &str) -> RateLimit {
     RateLimit::parse_value(text).expect("valid limit")
 }
@@ -55,6 +60,13 @@ pub fn test_config(backend: Backend) -> Config {
         config.redis_url = Some(redis_url());
         config.redis_key_prefix = format!("t_{id}:");
         config.database_max_connections = 8;
+        if let Some(endpoint) = s3_endpoint() {
+            config.s3_endpoint = Some(endpoint);
+            config.s3_bucket = Some("sealpost-test".into());
+            config.s3_prefix = Some(format!("t_{id}"));
+            config.s3_access_key_id = Some("test".into());
+            config.s3_secret_access_key = Some("test".into());
+        }
     }
     config
 }
@@ -288,8 +300,18 @@ impl TestServer {
     /// Notes every identifier, token, key and content a request or response carried, so [`Self::stop`]
     /// can check that none of them reached the logs.
     fn remember_secrets(&self, value: &Value) {
-        const FIELDS: [&str; 8] =
-            ["aci", "guid", "token", "content", "identityKey", "deviceSecret", "unidentifiedAccessKey", "body"];
+        const FIELDS: [&str; 10] = [
+            "aci",
+            "guid",
+            "token",
+            "content",
+            "identityKey",
+            "deviceSecret",
+            "unidentifiedAccessKey",
+            "body",
+            "id",
+            "uploadCredential",
+        ];
         let mut found = Vec::new();
         collect(value, &FIELDS, &mut found);
         self.secrets.lock().expect("lock").extend(found.into_iter().filter(|s| s.len() >= 8));

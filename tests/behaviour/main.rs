@@ -3,6 +3,7 @@
 mod harness;
 
 mod accounts;
+mod attachments;
 mod authz;
 mod calls;
 mod contacts;

@@ -38,7 +38,14 @@ const MAX_BUCKETS: usize = 100_000;
 
 #[async_trait]
 impl RateLimitStore for MemoryLimits {
-    async fn take(&self, bucket: &str, key: &[u8; 16], limit: &RateLimit) -> StoreResult<Result<(), Duration>> {
+    async fn take(
+        &self,
+        bucket: &str,
+        key: &[u8; 16],
+        limit: &RateLimit,
+        cost: u32,
+    ) -> StoreResult<Result<(), Duration>> {
+        let cost = f64::from(cost);
         let now = Instant::now();
         let capacity = f64::from(limit.burst);
         let rate = limit.refill_per_second();
@@ -48,12 +55,12 @@ impl RateLimitStore for MemoryLimits {
         }
         let entry = buckets.entry((bucket.to_owned(), *key)).or_insert((capacity, now));
         let tokens = (entry.0 + now.duration_since(entry.1).as_secs_f64() * rate).min(capacity);
-        if tokens >= 1.0 {
-            *entry = (tokens - 1.0, now);
+        if tokens >= cost {
+            *entry = (tokens - cost, now);
             Ok(Ok(()))
         } else {
             *entry = (tokens, now);
-            Ok(Err(Duration::from_secs_f64((1.0 - tokens) / rate)))
+            Ok(Err(Duration::from_secs_f64((cost - tokens) / rate)))
         }
     }
 

@@ -9,6 +9,7 @@
 //! queued write and for the last checkpoint.
 
 mod accounts;
+mod attachments;
 mod contacts;
 mod keys;
 mod memory;
@@ -29,8 +30,10 @@ use crate::domain::Aci;
 use crate::shutdown::Tasks;
 pub use crate::storage::embedded::memory::{LocalBus, MemoryLease, MemoryLimits, MemoryPresence};
 use crate::storage::guard::{Guarded, StoreHealth};
+use crate::storage::objects::ObjectBlobs;
 use crate::storage::{
-    AccountStore, ContactTokens, KeyStore, MessageQueue, PreKeyPool, Probe, Storage, StoreError, StoreResult,
+    AccountStore, AttachmentStore, ContactTokens, KeyStore, MessageQueue, PreKeyPool, Probe, Storage, StoreError,
+    StoreResult,
 };
 
 fn options(database_url: &str) -> StoreResult<SqliteConnectOptions> {
@@ -84,6 +87,8 @@ pub async fn connect(config: &Config, database_url: &str, tasks: &Tasks) -> Stor
     let db = Arc::new(Sqlite { reader, writer, batches, limits: limits.clone() });
     // A local file rarely fails, but a full disk or a stuck writer must answer 503 quickly like any store.
     let health = StoreHealth::new("sqlite", Duration::from_millis(config.store_timeout_ms));
+    let blobs = ObjectBlobs::open(config)?;
+    let blobs_health = StoreHealth::new("objects", Duration::from_millis(config.store_timeout_ms));
     Ok(Storage {
         accounts: Guarded::<dyn AccountStore>::new(db.clone(), health.clone()),
         keys: Guarded::<dyn KeyStore>::new(db.clone(), health.clone()),
@@ -92,10 +97,15 @@ pub async fn connect(config: &Config, database_url: &str, tasks: &Tasks) -> Stor
         bus,
         presence: Arc::new(MemoryPresence::default()),
         contacts: Guarded::<dyn ContactTokens>::new(db.clone(), health.clone()),
+        attachments: Guarded::<dyn AttachmentStore>::new(db.clone(), health.clone()),
+        blobs: blobs.clone(),
         lease: Arc::new(MemoryLease::default()),
         limits,
-        probes: vec![Guarded::<dyn Probe>::new(db, health.clone())],
-        health: vec![health],
+        probes: vec![
+            Guarded::<dyn Probe>::new(db, health.clone()),
+            Guarded::<dyn Probe>::new(blobs, blobs_health.clone()),
+        ],
+        health: vec![health, blobs_health],
         kind: "embedded",
     })
 }

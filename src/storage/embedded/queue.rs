@@ -26,7 +26,7 @@ impl MessageQueue for Sqlite {
         bucket: Option<&RateBucket>,
     ) -> StoreResult<PushOutcome> {
         if let Some(bucket) = bucket
-            && let Err(wait) = self.limits.take(bucket.name, &bucket.key, &bucket.limit).await?
+            && let Err(wait) = self.limits.take(bucket.name, &bucket.key, &bucket.limit, 1).await?
         {
             return Ok(PushOutcome::Limited(wait));
         }

@@ -9,6 +9,7 @@
 //! keys, presence): that is Redis's.
 
 mod accounts;
+mod attachments;
 mod contacts;
 mod keys;
 

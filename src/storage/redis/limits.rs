@@ -42,9 +42,16 @@ pub fn bucket_args(limit: &RateLimit) -> [String; 3] {
 
 #[async_trait]
 impl RateLimitStore for RedisLimits {
-    async fn take(&self, bucket: &str, key: &[u8; 16], limit: &RateLimit) -> StoreResult<Result<(), Duration>> {
+    async fn take(
+        &self,
+        bucket: &str,
+        key: &[u8; 16],
+        limit: &RateLimit,
+        cost: u32,
+    ) -> StoreResult<Result<(), Duration>> {
         let name = self.keys.rate_bucket(bucket, key);
-        let args = bucket_args(limit).to_vec();
+        let mut args = bucket_args(limit).to_vec();
+        args.push(cost.to_string());
         let wait: i64 = self.take_token.evalsha_with_reload(self.pool.next_connected(), vec![name], args).await?;
         Ok(if wait <= 0 { Ok(()) } else { Err(Duration::from_millis(wait as u64)) })
     }

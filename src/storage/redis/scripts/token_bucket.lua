@@ -1,6 +1,7 @@
 -- Token bucket, shared by take_token.lua, peek_token.lua and push.lua: capacity, refill per millisecond,
--- expiry in ms. Both functions return 0 when a token is there (take_token takes it), else the milliseconds
--- until one will be. Uses the Redis clock so instances need not agree.
+-- expiry in ms, and for take_token the cost (tokens to take, 1 when absent). Both functions return 0 when
+-- the tokens are there (take_token takes them), else the milliseconds until they will be. Uses the Redis
+-- clock so instances need not agree.
 local function bucket_now()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -11,13 +12,14 @@ local function bucket_tokens(key, cap, rate, now)
   local at = tonumber(state[2]) or now
   return math.min(cap, tokens + math.max(0, now - at) * rate)
 end
-local function take_token(key, cap, rate, ttl)
+local function take_token(key, cap, rate, ttl, cost)
   local now = bucket_now()
   cap = tonumber(cap)
   rate = tonumber(rate)
+  cost = tonumber(cost) or 1
   local tokens = bucket_tokens(key, cap, rate, now)
   local wait = 0
-  if tokens >= 1 then tokens = tokens - 1 else wait = math.ceil((1 - tokens) / rate) end
+  if tokens >= cost then tokens = tokens - cost else wait = math.ceil((cost - tokens) / rate) end
   redis.call('HSET', key, 't', tostring(tokens), 'at', tostring(now))
   redis.call('PEXPIRE', key, ttl)
   return wait
