@@ -339,8 +339,42 @@ config_struct! {
     certificate_validity_seconds: u64 = "86400", "SEALPOST_CERTIFICATE_VALIDITY_SECONDS", false;
     /// Seconds an instance may keep account facts (devices, access key) cached; changes through any instance invalidate them at once over the bus, so this only bounds staleness while the bus is down.
     directory_cache_seconds: u64 = "10", "SEALPOST_DIRECTORY_CACHE_SECONDS", false;
-    /// Seconds between runs of the reaper that deletes expired envelopes and invite codes.
-    reap_interval_seconds: u64 = "60", "SEALPOST_REAP_INTERVAL_SECONDS", false;
+    /// When the reapers run (cron, six fields `sec min hour day month weekday`, UTC): they delete expired envelopes and empty queues, expired invite and link codes, and expired or revoked contact tokens.
+    job_reap_schedule: String = "0 * * * * *", "SEALPOST_JOB_REAP_SCHEDULE", false;
+    /// When wakeups that a push service answered with 429 or 5xx (or not at all) are sent again (cron, six fields, UTC).
+    job_push_retry_schedule: String = "*/5 * * * * *", "SEALPOST_JOB_PUSH_RETRY_SCHEDULE", false;
+    /// When the inactive-device sweep runs (cron, six fields, UTC); it does nothing unless `SEALPOST_INACTIVE_DEVICE_DAYS` is set.
+    job_inactive_devices_schedule: String = "0 17 3 * * *", "SEALPOST_JOB_INACTIVE_DEVICES_SCHEDULE", false;
+    /// Seconds a job's cluster lease lasts without renewal: the holder renews it on every tick and while a run lasts; if the holder dies, another instance takes the job over within this time (plus one tick).
+    job_lease_seconds: u64 = "30", "SEALPOST_JOB_LEASE_SECONDS", false;
+    /// Remove devices not seen (no token issued) for this many days: linked devices are unlinked, and an account whose every device is that idle is deleted whole. 0 (the default) turns the sweep off. Signal unlinks after 30 and removes accounts after 180 days.
+    inactive_device_days: u32 = "0", "SEALPOST_INACTIVE_DEVICE_DAYS", false;
+    /// Contact for push services, sent as the `sub` of every VAPID token (`mailto:` or `https:` URL); push services write here when something is wrong.
+    push_contact: String = "mailto:postmaster@localhost", "SEALPOST_PUSH_CONTACT", false;
+    /// Push endpoints exempt from the https and public-address rules, comma-separated URLs of which only the origin counts (e.g. `http://ntfy.lan:8080` for a self-hosted ntfy on the LAN). Empty: every endpoint must be https on a public address.
+    push_allowed_origins: Option<String> = "", "SEALPOST_PUSH_ALLOWED_ORIGINS", false;
+    /// Longest push endpoint URL accepted, in bytes (400 `invalid_push_endpoint` above it).
+    max_push_endpoint_bytes: usize = "2048", "SEALPOST_MAX_PUSH_ENDPOINT_BYTES", false;
+    /// Milliseconds a push service gets to accept a wakeup (connect and answer); no answer in time counts as a failure to retry.
+    push_timeout_ms: u64 = "10000", "SEALPOST_PUSH_TIMEOUT_MS", false;
+    /// Seconds after a wakeup during which further envelopes for the device wake it no more (unless it connects first, or an urgent envelope follows a normal wakeup).
+    push_quiet_seconds: u64 = "60", "SEALPOST_PUSH_QUIET_SECONDS", false;
+    /// Sends of one wakeup at most (the first and its retries) when the push service answers 429 or 5xx.
+    push_max_attempts: u32 = "5", "SEALPOST_PUSH_MAX_ATTEMPTS", false;
+    /// Seconds before the first retry of a wakeup; doubled for each further one (a push service's `Retry-After` wins when longer), up to `SEALPOST_PUSH_RETRY_MAX_SECONDS`.
+    push_retry_base_seconds: u64 = "10", "SEALPOST_PUSH_RETRY_BASE_SECONDS", false;
+    /// Longest wait before a retry of a wakeup, in seconds.
+    push_retry_max_seconds: u64 = "900", "SEALPOST_PUSH_RETRY_MAX_SECONDS", false;
+    /// Wakeups waiting for a retry at most (in memory, or one Redis sorted set for the cluster); beyond it, failed wakeups are not retried.
+    push_retry_backlog: usize = "100000", "SEALPOST_PUSH_RETRY_BACKLOG", false;
+    /// Wakeup retries one run of the push-retry job sends at most; the rest wait for the next tick.
+    push_retry_batch: usize = "500", "SEALPOST_PUSH_RETRY_BATCH", false;
+    /// Devices waiting for a wakeup decision on one instance; beyond it, wakeups are dropped and counted (`sealpost_push_wakeups_total{outcome="dropped"}`), never a send delayed.
+    push_backlog: usize = "10000", "SEALPOST_PUSH_BACKLOG", false;
+    /// Wakeups one instance sends at the same time.
+    push_concurrency: usize = "64", "SEALPOST_PUSH_CONCURRENCY", false;
+    /// Push subscriptions set per device.
+    limit_push_subscriptions_per_device: RateLimit = "20/1h", "SEALPOST_LIMIT_PUSH_SUBSCRIPTIONS_PER_DEVICE", false;
     /// Live contact tokens (QR codes) one account may hold at once; 409 `too_many_contact_tokens` beyond.
     max_contact_tokens_per_account: u32 = "20", "SEALPOST_MAX_CONTACT_TOKENS_PER_ACCOUNT", false;
     /// Lifetime of a contact token when its owner names none, in seconds.
@@ -546,6 +580,22 @@ impl Config {
         }
         if self.ipv6_prefix_length > 128 {
             return Err(ConfigError("SEALPOST_IPV6_PREFIX_LENGTH must be 0..=128".into()));
+        }
+        for (variable, schedule) in [
+            ("SEALPOST_JOB_REAP_SCHEDULE", &self.job_reap_schedule),
+            ("SEALPOST_JOB_PUSH_RETRY_SCHEDULE", &self.job_push_retry_schedule),
+            ("SEALPOST_JOB_INACTIVE_DEVICES_SCHEDULE", &self.job_inactive_devices_schedule),
+        ] {
+            sealpost_jobs::check_schedule(schedule).map_err(|e| ConfigError(format!("{variable}: {e}")))?;
+        }
+        if self.job_lease_seconds == 0 || self.push_timeout_ms == 0 || self.push_concurrency == 0 {
+            return Err(ConfigError(
+                "SEALPOST_JOB_LEASE_SECONDS, SEALPOST_PUSH_TIMEOUT_MS and SEALPOST_PUSH_CONCURRENCY must be positive"
+                    .into(),
+            ));
+        }
+        if !(self.push_contact.starts_with("mailto:") || self.push_contact.starts_with("https:")) {
+            return Err(ConfigError("SEALPOST_PUSH_CONTACT must be a mailto: or https: URL".into()));
         }
         if self.header_read_timeout_seconds == 0 || self.body_read_timeout_seconds == 0 {
             return Err(ConfigError(

@@ -97,6 +97,10 @@ pub enum ApiError {
     Conflict,
     #[error("this endpoint is a WebSocket: send an upgrade request")]
     UpgradeRequired,
+    #[error("push endpoint refused: {0}")]
+    PushEndpoint(#[from] crate::push::sender::EndpointError),
+    #[error("keys.p256dh must be an uncompressed P-256 point (65 bytes) and keys.auth 16 bytes, in base64url")]
+    InvalidPushKeys,
     #[error("a storage service is unavailable; retry shortly")]
     Unavailable(String),
     #[error("internal error")]
@@ -154,7 +158,9 @@ impl ApiError {
         use ApiError::*;
         match self {
             MalformedJson(_) | InvalidBody(_) | UnknownField(_) | Invalid(_) | InvalidKeyId | TooManyKeys(_)
-            | DuplicateKeyId | InvalidPath | InvalidQuery => StatusCode::BAD_REQUEST,
+            | DuplicateKeyId | InvalidPath | InvalidQuery | PushEndpoint(_) | InvalidPushKeys => {
+                StatusCode::BAD_REQUEST
+            }
             RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -225,6 +231,8 @@ impl ApiError {
             TooManyContactTokens => "too_many_contact_tokens",
             Conflict => "conflict",
             UpgradeRequired => "websocket_upgrade_required",
+            PushEndpoint(err) => err.code(),
+            InvalidPushKeys => "invalid_push_keys",
             Unavailable(_) => "unavailable",
             Internal(_) => "internal_error",
         }

@@ -40,9 +40,12 @@ use crate::config::Config;
 use crate::state::App;
 pub use crate::state::StartError;
 
-/// Connects storage (applying migrations), creates missing server keys and loads them.
+/// Connects storage (applying migrations), creates missing server keys and loads them, and starts the
+/// background work, the jobs included.
 pub async fn build_app(config: Config) -> Result<Arc<App>, StartError> {
-    App::build(config).await
+    let app = App::build(config).await?;
+    jobs::start(&app).map_err(StartError::Jobs)?;
+    Ok(app)
 }
 
 /// Serves the API on `listener` and metrics on `metrics_listener` until `shutdown` completes, then stops
@@ -91,6 +94,8 @@ pub async fn serve(
             tracing::warn!(grace_seconds = grace.as_secs(), "open connections outlived the shutdown grace period")
         }
     }
+    // The jobs stopped with the app's signal; they give their leases up before the stores close.
+    app.tasks.join("jobs", grace).await;
     // Only now that no request is left: the background work that served them.
     let stuck = app.tasks.stop(grace).await;
     if !stuck.is_empty() {

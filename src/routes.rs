@@ -21,6 +21,7 @@ pub fn api(app: Arc<App>) -> Router {
         .merge(crate::contacts::routes())
         .merge(crate::keys::routes())
         .merge(crate::messages::routes())
+        .merge(crate::push::http::routes())
         .merge(crate::delivery::websocket::routes())
         .merge(crate::delivery::provisioning::routes())
         .fallback(|| async { ApiError::NotFound })

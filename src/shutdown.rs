@@ -87,6 +87,25 @@ impl Tasks {
         stuck
     }
 
+    /// Waits, at most `grace`, for the tasks named `name` to end by themselves (tasks that stop on the app's
+    /// own signal and still need the stores on their way out, such as the jobs releasing their leases, so
+    /// they must be done before [`Tasks::stop`] ends the stores' tasks); aborts them after that.
+    pub async fn join(&self, name: &'static str, grace: Duration) {
+        let named: Vec<(&'static str, JoinHandle<()>)> = {
+            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            let (named, others) = std::mem::take(&mut *running).into_iter().partition(|(n, _)| *n == name);
+            *running = others;
+            named
+        };
+        let deadline = tokio::time::Instant::now() + grace;
+        for (_, mut handle) in named {
+            if tokio::time::timeout_at(deadline, &mut handle).await.is_err() {
+                handle.abort();
+                tracing::warn!(task = name, "a background task outlived the shutdown grace period");
+            }
+        }
+    }
+
     /// Names of the tasks still running, for tests.
     pub fn running(&self) -> Vec<&'static str> {
         let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
@@ -108,5 +127,20 @@ mod tests {
         assert_eq!(stuck, vec!["deaf"]);
         assert!(tasks.running().is_empty());
         assert!(tasks.handle().is_shutdown());
+    }
+
+    #[tokio::test]
+    async fn join_waits_for_the_named_tasks_only() {
+        let tasks = Tasks::default();
+        let (done, finished) = tokio::sync::oneshot::channel::<()>();
+        tasks.spawn("early", |_| async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = done.send(());
+        });
+        tasks.spawn("late", |mut shutdown| async move { shutdown.recv().await });
+        tasks.join("early", Duration::from_secs(5)).await;
+        assert!(finished.await.is_ok(), "join returned only once the named task had finished");
+        assert_eq!(tasks.running(), vec!["late"], "the others keep running until stop");
+        assert!(tasks.stop(Duration::from_secs(1)).await.is_empty());
     }
 }

@@ -33,9 +33,14 @@ pub fn init_logging(config: &Config) {
         .try_init();
 }
 
-/// The cap on libraries' log lines described at [`init_logging`].
+/// The cap on libraries' log lines described at [`init_logging`]. The cron scheduler under the job runner
+/// is held at `warn`: at `info` it narrates its own start-up, which says nothing to an operator.
 pub fn libraries_at_info(metadata: &tracing::Metadata<'_>) -> bool {
-    metadata.target().starts_with("sealpost") || *metadata.level() <= tracing::Level::INFO
+    let target = metadata.target();
+    if target.starts_with("tokio_cron_scheduler") {
+        return *metadata.level() <= tracing::Level::WARN;
+    }
+    target.starts_with("sealpost") || *metadata.level() <= tracing::Level::INFO
 }
 
 /// Handle to the Prometheus recorder. The `metrics` facade is process-wide by design, so the recorder is

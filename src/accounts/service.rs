@@ -124,17 +124,25 @@ pub async fn delete_account(app: &App, by: AuthedDevice) -> Result<(), ApiError>
     if !by.device.is_primary() {
         return Err(ApiError::PrimaryDeviceRequired);
     }
+    remove_account(app, by.aci).await
+}
+
+/// Deletes an account and everything of it (its primary's request, or the inactive-device sweep); every
+/// device loses access at once. `NotFound` when there is no such account.
+pub async fn remove_account(app: &App, aci: Aci) -> Result<(), ApiError> {
     // Same order as for one device: ephemeral state, then the durable record, then the sockets.
-    let devices = app.storage.accounts.devices(by.aci).await?;
+    let devices = app.storage.accounts.devices(aci).await?;
     for device in &devices {
-        clear_device_state(&app.storage, by.aci, Recipient { device: device.id, incarnation: device.incarnation })
-            .await?;
+        clear_device_state(&app.storage, aci, Recipient { device: device.id, incarnation: device.incarnation }).await?;
     }
-    app.storage.queue.remove_account(by.aci).await?;
-    app.storage.accounts.delete_account(by.aci).await?;
-    app.directory.invalidate(by.aci).await?;
+    app.storage.queue.remove_account(aci).await?;
+    let removed = app.storage.accounts.delete_account(aci).await?;
+    app.directory.invalidate(aci).await?;
+    if !removed {
+        return Err(ApiError::NotFound);
+    }
     for device in &devices {
-        app.storage.bus.publish(by.aci, device.id, BusEvent::Revoke).await?;
+        app.storage.bus.publish(aci, device.id, BusEvent::Revoke).await?;
     }
     metrics::counter!("sealpost_account_deletions_total").increment(1);
     Ok(())

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use crate::directory::Directory;
 use crate::domain::{Aci, DeviceId};
 use crate::shutdown::Tasks;
-use crate::storage::{Bus, BusEvent, BusMessage, Presence, Storage, StoreResult};
+use crate::storage::{Bus, BusEvent, BusMessage, Presence, Storage, StoreResult, WakeupState};
 
 /// How long a connected device stays marked present without renewal; sockets renew it every
 /// [`PRESENCE_RENEW`], so a crashed instance's devices count as offline again within this.
@@ -40,6 +40,8 @@ pub struct Hub {
     provisioning: Mutex<HashMap<String, tokio::sync::oneshot::Sender<Vec<u8>>>>,
     bus: Arc<dyn Bus>,
     presence: Arc<dyn Presence>,
+    /// Cleared when a device connects, so the next envelope after it leaves wakes it again.
+    wakeups: Arc<dyn WakeupState>,
     /// Serialises subscribe/unsubscribe so a quick reconnect can never end unsubscribed.
     subscriptions: tokio::sync::Mutex<()>,
     last_connection_id: std::sync::atomic::AtomicU64,
@@ -59,6 +61,7 @@ impl Hub {
             provisioning: Mutex::default(),
             bus: storage.bus.clone(),
             presence: storage.presence.clone(),
+            wakeups: storage.wakeups.clone(),
             subscriptions: Default::default(),
             last_connection_id: Default::default(),
         });
@@ -136,6 +139,9 @@ impl Hub {
         if let Err(err) = announced.await {
             self.unregister(aci, device, connection_id).await;
             return Err(err);
+        }
+        if let Err(err) = self.wakeups.clear(aci, device).await {
+            tracing::debug!(error = %err, "wakeup note not cleared; it runs out after the quiet period");
         }
         Ok(Registration { connection_id, events })
     }

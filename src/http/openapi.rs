@@ -409,6 +409,38 @@ const ENDPOINTS: &[Endpoint] = &[
         ],
     },
     Endpoint {
+        method: "put",
+        path: "/v1/devices/me/push",
+        summary: "Set the calling device's Web Push subscription (as PushSubscription.toJSON() gives it); wakeups carry no payload",
+        auth: Auth::Bearer,
+        body: Some("PushSubscription"),
+        responses: &[
+            (204, "stored (replacing any earlier subscription of the device)"),
+            (
+                400,
+                "invalid_push_endpoint, push_endpoint_not_https, push_endpoint_not_public, push_endpoint_unresolvable, invalid_push_keys, invalid_body, unknown_field",
+            ),
+            (401, "unauthorized"),
+            (429, "rate_limited"),
+        ],
+    },
+    Endpoint {
+        method: "delete",
+        path: "/v1/devices/me/push",
+        summary: "Remove the calling device's Web Push subscription (no more wakeups)",
+        auth: Auth::Bearer,
+        body: None,
+        responses: &[(204, "removed, or there was none"), (401, "unauthorized")],
+    },
+    Endpoint {
+        method: "get",
+        path: "/v1/push/vapid",
+        summary: "The server's VAPID public key (base64url, uncompressed P-256 point): PushManager's applicationServerKey",
+        auth: Auth::None,
+        body: None,
+        responses: &[(200, "{publicKey}")],
+    },
+    Endpoint {
         method: "get",
         path: "/v1/websocket",
         summary: "Delivery WebSocket (token in `Authorization: Bearer` or `?token=`)",
@@ -445,6 +477,14 @@ fn schemas() -> Value {
             "ttlSeconds": {"type": "integer", "minimum": 1},
             "maxUses": {"type": "integer", "minimum": 1},
             "label": b64("encrypted by the owner's client; opaque"),
+        }},
+        "PushSubscription": {"type": "object", "additionalProperties": false, "required": ["endpoint", "keys"], "properties": {
+            "endpoint": {"type": "string", "format": "uri", "description": "https on a public address, unless the operator allows the origin"},
+            "expirationTime": {"description": "ignored"},
+            "keys": {"type": "object", "additionalProperties": false, "required": ["p256dh", "auth"], "properties": {
+                "p256dh": {"type": "string", "description": "base64url, 65-byte uncompressed P-256 point (checked, not stored)"},
+                "auth": {"type": "string", "description": "base64url, 16 bytes (checked, not stored)"},
+            }},
         }},
         "Registration": {"type": "object", "additionalProperties": false,
             "required": ["identityKey", "registrationId", "deviceSecret"], "properties": {

@@ -35,6 +35,8 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 pub enum EndpointError {
     #[error("the endpoint is not a valid URL")]
     NotAUrl,
+    #[error("the endpoint is longer than the server accepts")]
+    TooLong,
     #[error("the endpoint must use https")]
     NotHttps,
     #[error("the endpoint's host resolves to a loopback, private, link-local or otherwise non-public address")]
@@ -73,6 +75,18 @@ pub struct PushSender {
 pub struct AllowedOrigins {
     origins: HashSet<String>,
     hosts: HashSet<String>,
+}
+
+impl EndpointError {
+    /// The stable, machine-readable reason (the API's `code`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            EndpointError::NotAUrl | EndpointError::TooLong => "invalid_push_endpoint",
+            EndpointError::NotHttps => "push_endpoint_not_https",
+            EndpointError::NotPublic => "push_endpoint_not_public",
+            EndpointError::Unresolvable => "push_endpoint_unresolvable",
+        }
+    }
 }
 
 impl AllowedOrigins {
@@ -322,5 +336,20 @@ mod tests {
         assert!(sender.check_endpoint("http://127.0.0.1:9000/push/abc").await.is_ok(), "allow-listed origin");
         assert_eq!(sender.check_endpoint("http://127.0.0.1:9001/push").await, Err(EndpointError::NotHttps));
         assert_eq!(sender.public_key().len(), 87, "65 bytes, base64url");
+    }
+
+    /// The check at connect time: a name that resolves only to non-public addresses yields no address to
+    /// connect to (a subscription stored while it pointed elsewhere is refused once it points inside).
+    #[tokio::test]
+    async fn the_connection_resolver_drops_non_public_addresses() {
+        use std::str::FromStr;
+        let strict = PublicOnly { allowed: Arc::new(AllowedOrigins::default()) };
+        let refused = strict.resolve(Name::from_str("localhost").expect("name")).await;
+        assert!(refused.is_err(), "localhost resolved to something connectable");
+        let allowed = AllowedOrigins::parse(Some("http://localhost:8080")).expect("list");
+        let exempt = PublicOnly { allowed: Arc::new(allowed) };
+        let addresses: Vec<SocketAddr> =
+            exempt.resolve(Name::from_str("localhost").expect("name")).await.expect("allowed").collect();
+        assert!(addresses.iter().all(|a| a.ip().is_loopback()) && !addresses.is_empty());
     }
 }

@@ -1,7 +1,8 @@
 //! The one send path. Every sender goes through [`send`]: messages, call signaling, first contact through
 //! a contact token. It decides whether the caller may reach the recipient, checks the device set, builds
 //! the envelopes, takes the rate-limit token and queues (or, for `online` sends, hands to open sockets
-//! only); the queue wakes the recipient's sockets itself.
+//! only); the queue wakes the recipient's sockets itself, and devices without one are handed to the push
+//! wakeups (which never hold the send up).
 //!
 //! Invariants: nothing is queued for any device unless the send addresses exactly the recipient's current
 //! devices with their current registration ids; a sealed-sender envelope carries no source, and the
@@ -136,7 +137,11 @@ pub async fn send(
     } else {
         let bucket = token_in_push.then(|| app.limiter.bucket(RATE_BUCKET, sender_key.as_bytes(), limit));
         match app.storage.queue.push(target, &items, app.config.max_queue_len, bucket.as_ref()).await? {
-            PushOutcome::Queued => {}
+            PushOutcome::Queued => {
+                // Devices without a socket get a wakeup, decided and sent off this path.
+                let devices = items.iter().map(|(recipient, _)| recipient.device).collect();
+                app.wakeups.envelopes_queued(target, devices, options.urgent, ttl_seconds);
+            }
             PushOutcome::Full(_) => return Err(ApiError::QueueFull),
             PushOutcome::Limited(wait) => return Err(Limiter::refused(RATE_BUCKET, wait)),
             PushOutcome::Gone(device) => {

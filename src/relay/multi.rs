@@ -126,6 +126,11 @@ pub async fn send(
     let mut not_queued = Vec::new();
     for ((recipient, _), outcome) in deliveries.iter().zip(join_all(delivered).await) {
         match outcome? {
+            PushOutcome::Queued if !options.online => {
+                // Devices without a socket get a wakeup, decided and sent off this path.
+                let devices = recipient.devices.iter().map(|(device, _)| *device).collect();
+                app.wakeups.envelopes_queued(recipient.aci, devices, options.urgent, ttl_seconds);
+            }
             PushOutcome::Queued => {}
             PushOutcome::Full(_) => not_queued.push((recipient.aci, NotQueued::QueueFull)),
             PushOutcome::Gone(_) | PushOutcome::Limited(_) => {

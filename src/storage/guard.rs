@@ -138,6 +138,9 @@ guard_trait!(AccountStore {
     async fn reap_codes(&self, now: i64) -> StoreResult<u64> {
         self.health.run_within(REAP_TIMEOUT, self.inner.reap_codes(now)).await
     }
+    async fn idle_devices(&self, seen_before: i64, limit: u32) -> StoreResult<Vec<IdleDevice>> {
+        self.health.run_within(REAP_TIMEOUT, self.inner.idle_devices(seen_before, limit)).await
+    }
 });
 
 guard_trait!(KeyStore {
@@ -225,4 +228,17 @@ guard_trait!(ContactTokens {
     async fn reap(&self, now: i64) -> StoreResult<u64> {
         self.health.run_within(REAP_TIMEOUT, self.inner.reap(now)).await
     }
+});
+
+guard_trait!(PushSubscriptions {
+    fn put_subscription(&self, aci: Aci, device: DeviceId, endpoint: &str, now: i64) -> bool;
+    fn subscription(&self, aci: Aci, device: DeviceId) -> Option<String>;
+    fn delete_subscription(&self, aci: Aci, device: DeviceId, only: Option<&str>) -> bool;
+});
+
+guard_trait!(WakeupState {
+    fn mark(&self, aci: Aci, device: DeviceId, urgent: bool, quiet: Duration) -> bool;
+    fn clear(&self, aci: Aci, device: DeviceId) -> ();
+    fn schedule_retry(&self, retry: &WakeupRetry) -> ();
+    fn take_due(&self, now: i64, limit: usize) -> Vec<WakeupRetry>;
 });

@@ -27,10 +27,11 @@ macro_rules! migrations {
 
 const SQLITE: &[Migration] = migrations!("sqlite":
     1 => "0001_accounts", 2 => "0002_keys", 3 => "0003_messages", 4 => "0004_link_codes",
-    5 => "0005_device_incarnations", 6 => "0006_contact_tokens", 8 => "0008_attachments");
+    5 => "0005_device_incarnations", 6 => "0006_contact_tokens", 7 => "0007_push_subscriptions",
+    8 => "0008_attachments");
 const POSTGRES: &[Migration] = migrations!("postgres":
     1 => "0001_accounts", 2 => "0002_keys", 3 => "0003_link_codes", 4 => "0004_device_incarnations",
-    5 => "0005_contact_tokens", 7 => "0007_attachments");
+    5 => "0005_contact_tokens", 6 => "0006_push_subscriptions", 7 => "0007_attachments");
 
 const LEDGER: &str = "CREATE TABLE IF NOT EXISTS sealpost_migrations (
     version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)";

@@ -49,6 +49,8 @@ pub struct Storage {
     /// Attachment bytes: the attachments directory, or an S3-compatible bucket.
     pub blobs: Arc<dyn Blobs>,
     pub lease: Arc<dyn Lease>,
+    pub push: Arc<dyn PushSubscriptions>,
+    pub wakeups: Arc<dyn WakeupState>,
     /// Checks every configured store, for `/readyz`.
     pub probes: Vec<Arc<dyn Probe>>,
     /// Availability of each store as its calls see it.

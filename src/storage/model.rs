@@ -319,3 +319,42 @@ impl Attachment {
         self.complete() && crate::domain::is_live(self.expires_at, now)
     }
 }
+
+/// A wakeup that the push service asked to be sent again later (429, 5xx, or no answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WakeupRetry {
+    pub aci: Aci,
+    pub device: DeviceId,
+    pub urgent: bool,
+    /// When the envelopes it announces expire (ms): a wakeup after that would wake the device for nothing.
+    pub expires_at: i64,
+    /// Sends tried so far.
+    pub attempt: u32,
+    /// When it is due (ms).
+    pub due_at: i64,
+}
+
+impl WakeupRetry {
+    /// The retry's fields as one string (for stores that keep it as a member of a sorted set).
+    pub fn encode(&self) -> String {
+        format!("{}.{}.{}.{}.{}", self.aci, self.device, u8::from(self.urgent), self.expires_at, self.attempt)
+    }
+
+    /// The inverse of [`WakeupRetry::encode`], with the due time kept beside it.
+    pub fn decode(text: &str, due_at: i64) -> Option<WakeupRetry> {
+        let mut parts = text.split('.');
+        let aci = Aci::parse(parts.next()?)?;
+        let device = DeviceId::parse(parts.next()?)?;
+        let urgent = parts.next()? == "1";
+        let expires_at = parts.next()?.parse().ok()?;
+        let attempt = parts.next()?.parse().ok()?;
+        parts.next().is_none().then_some(WakeupRetry { aci, device, urgent, expires_at, attempt, due_at })
+    }
+}
+
+/// A device the inactive-device sweep found: not seen since the cut-off day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdleDevice {
+    pub aci: Aci,
+    pub device: DeviceId,
+}

@@ -14,7 +14,7 @@ use crate::storage::guard::{Guarded, StoreHealth};
 use crate::storage::objects::ObjectBlobs;
 use crate::storage::{
     AccountStore, AttachmentStore, Bus, ContactTokens, KeyStore, Lease, MessageQueue, PreKeyPool, Presence, Probe,
-    RateLimitStore, Storage, StoreResult, postgres, redis,
+    PushSubscriptions, RateLimitStore, Storage, StoreResult, WakeupState, postgres, redis,
 };
 
 pub use crate::storage::postgres::Postgres;
@@ -42,6 +42,8 @@ pub async fn connect(config: &Config, database_url: &str, redis_url: &str, tasks
         attachments: Guarded::<dyn AttachmentStore>::new(postgres.clone(), pg_health.clone()),
         blobs: blobs.clone(),
         lease: Guarded::<dyn Lease>::new(redis.lease, redis_health.clone()),
+        push: Guarded::<dyn PushSubscriptions>::new(postgres.clone(), pg_health.clone()),
+        wakeups: Guarded::<dyn WakeupState>::new(redis.wakeups, redis_health.clone()),
         limits: Guarded::<dyn RateLimitStore>::new(redis.limits, redis_health.clone()),
         probes: vec![
             Guarded::<dyn Probe>::new(postgres, pg_health.clone()),

@@ -50,6 +50,9 @@ pub trait AccountStore: Send + Sync {
     async fn consume_link_code(&self, code_hash: [u8; 32]) -> StoreResult<Option<(Aci, i64)>>;
     /// Deletes expired invite and link codes; returns how many.
     async fn reap_codes(&self, now: i64) -> StoreResult<u64>;
+    /// Up to `limit` devices last seen before the day `seen_before` (ms, a day's start), leaving out
+    /// primaries of accounts that have a device seen since: an account is idle only when all of it is.
+    async fn idle_devices(&self, seen_before: i64, limit: u32) -> StoreResult<Vec<IdleDevice>>;
     async fn ping(&self) -> StoreResult<()>;
 }
 
@@ -239,4 +242,30 @@ pub trait Blobs: Send + Sync {
     async fn delete(&self, name: &str) -> StoreResult<()>;
     /// Deletes every object under the folder `prefix` (whole path segments); returns how many.
     async fn delete_prefix(&self, prefix: &str) -> StoreResult<u64>;
+}
+
+/// Web Push subscriptions: durable, one per device, gone with the device.
+#[async_trait]
+pub trait PushSubscriptions: Send + Sync {
+    /// Stores (or replaces) the device's endpoint; false when there is no such device.
+    async fn put_subscription(&self, aci: Aci, device: DeviceId, endpoint: &str, now: i64) -> StoreResult<bool>;
+    async fn subscription(&self, aci: Aci, device: DeviceId) -> StoreResult<Option<String>>;
+    /// Deletes the device's subscription; with `only`, only while it still is that endpoint (a push service's
+    /// 410 must not remove the subscription a device renewed meanwhile). True when one was deleted.
+    async fn delete_subscription(&self, aci: Aci, device: DeviceId, only: Option<&str>) -> StoreResult<bool>;
+}
+
+/// What the wakeups keep for a short while: which devices were woken lately (so a burst of envelopes
+/// makes one wakeup) and the wakeups waiting to be sent again. Ephemeral: losing it costs at most a
+/// repeated or a missed retry of a wakeup, never a message.
+#[async_trait]
+pub trait WakeupState: Send + Sync {
+    /// Notes a wakeup of the device for `quiet`, unless one of the same or a higher urgency was noted and
+    /// has not run out (an urgent wakeup still goes after a normal one); true when the caller should send.
+    async fn mark(&self, aci: Aci, device: DeviceId, urgent: bool, quiet: Duration) -> StoreResult<bool>;
+    /// Forgets the device's note: it connected, so the next envelope after it leaves may wake it again.
+    async fn clear(&self, aci: Aci, device: DeviceId) -> StoreResult<()>;
+    async fn schedule_retry(&self, retry: &WakeupRetry) -> StoreResult<()>;
+    /// Removes and returns up to `limit` retries due at `now`, each to exactly one caller.
+    async fn take_due(&self, now: i64, limit: usize) -> StoreResult<Vec<WakeupRetry>>;
 }

@@ -35,8 +35,8 @@ both_backends!(
 );
 
 /// The stores of one backend as a test holds them, with what is needed to stop and remove them.
-struct Stores {
-    storage: Storage,
+pub struct Stores {
+    pub storage: Storage,
     tasks: Tasks,
     /// A second instance on the same Postgres and Redis (scale-out only).
     other: Option<(Storage, Tasks)>,
@@ -44,8 +44,14 @@ struct Stores {
 }
 
 impl Stores {
-    async fn open(backend: Backend) -> Stores {
-        let config = test_config(backend);
+    pub async fn open(backend: Backend) -> Stores {
+        Stores::open_with(backend, |_| {}).await
+    }
+
+    /// As [`Stores::open`], with settings of the test's own.
+    pub async fn open_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Stores {
+        let mut config = test_config(backend);
+        tweak(&mut config);
         let (storage, tasks) = connect(&config).await;
         let other = match backend {
             Backend::Embedded => None,
@@ -55,12 +61,12 @@ impl Stores {
     }
 
     /// The second instance where there is one, else the first: what another instance would see.
-    fn elsewhere(&self) -> &Storage {
+    pub fn elsewhere(&self) -> &Storage {
         self.other.as_ref().map_or(&self.storage, |(storage, _)| storage)
     }
 
     /// Stops every background task of the stores (none may outlive the signal) and removes their data.
-    async fn close(self) {
+    pub async fn close(self) {
         for tasks in std::iter::once(&self.tasks).chain(self.other.as_ref().map(|(_, tasks)| tasks)) {
             let stuck = tasks.stop(Duration::from_secs(5)).await;
             assert!(stuck.is_empty(), "background tasks did not end on the stop signal: {stuck:?}");
@@ -93,7 +99,7 @@ fn ec_public() -> EcPublicKey {
 }
 
 /// An account with its primary device, as registration writes it; returns the account and device 1.
-async fn account(storage: &Storage) -> (Aci, Recipient) {
+pub async fn account(storage: &Storage) -> (Aci, Recipient) {
     let aci = Aci::random();
     let incarnation = Incarnation::random();
     let account = NewAccount {
@@ -111,7 +117,7 @@ async fn account(storage: &Storage) -> (Aci, Recipient) {
 }
 
 /// Links a device; an id given up before now may be handed out again at once.
-async fn link(storage: &Storage, aci: Aci) -> Recipient {
+pub async fn link(storage: &Storage, aci: Aci) -> Recipient {
     let incarnation = Incarnation::random();
     let now = sealpost::domain::now_millis();
     let device = NewDevice {

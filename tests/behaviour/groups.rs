@@ -1,6 +1,8 @@
 //! Multi-recipient sealed sender: one upload for a whole group, authorised by the combined access key,
 //! checked against every recipient's devices, fanned out into one envelope per device.
 
+use std::time::Duration;
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use reqwest::StatusCode;
@@ -16,6 +18,7 @@ both_backends!(
     the_combined_key_must_match_and_says_nothing_of_whom,
     device_sets_are_checked_for_everyone_first,
     malformed_and_oversized_uploads_are_refused,
+    offline_members_are_woken_once_and_connected_ones_not,
 );
 
 const MRM: &str = "application/vnd.signal-messenger.mrm";
@@ -264,5 +267,39 @@ async fn malformed_and_oversized_uploads_are_refused(backend: Backend) {
         last = send(&server, Some(key), good.clone(), "ts=1").await.0;
     }
     assert_eq!(last, 429);
+    server.stop().await;
+}
+
+async fn offline_members_are_woken_once_and_connected_ones_not(backend: Backend) {
+    let service = crate::push::PushService::start().await;
+    let server = start_with(backend, crate::push::push_config(&service)).await;
+    let (k1, k2) = (sealpost::crypto::random_bytes::<16>(), sealpost::crypto::random_bytes::<16>());
+    let a = ready_user(&server).await;
+    let b = ready_user(&server).await;
+    for (user, key) in [(&a, k1), (&b, k2)] {
+        let attributes = json!({"unidentifiedAccessKey": STANDARD.encode(key)});
+        server.put("/v1/accounts/me/attributes", user.bearer(), attributes).await.expect(204);
+    }
+    let (offline, online) = (service.endpoint(&[]), service.endpoint(&[]));
+    server.put("/v1/devices/me/push", a.bearer(), crate::push::subscription(&offline)).await.expect(204);
+    server.put("/v1/devices/me/push", b.bearer(), crate::push::subscription(&online)).await.expect(204);
+    let mut socket = Socket::connect(&server.base, &b.token).await;
+    socket.expect_queue_empty().await;
+
+    let recipients = [addressed(&a, None), addressed(&b, None)];
+    for ts in 0..3 {
+        let (status, answer) =
+            send(&server, Some(xor(&[k1, k2])), upload(&recipients, &[], &[7u8; 64]), &format!("ts={ts}")).await;
+        assert_eq!(status, 200, "{answer}");
+        let (id, _) = socket.envelope().await;
+        socket.respond(id, 200).await;
+    }
+    // A group send wakes like any other: one wakeup per burst for the offline member, none for the other.
+    let woken = service.settle(&offline, 1, Duration::from_secs(5)).await;
+    assert_eq!(woken.len(), 1, "one wakeup for three group messages");
+    assert!(woken[0].body.is_empty());
+    crate::push::check_wakeup(&server, &woken[0], &service.base, &[&a.aci]).await;
+    assert!(service.requests(&online).is_empty(), "a connected member is not woken");
+    socket.close().await;
     server.stop().await;
 }

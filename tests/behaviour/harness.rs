@@ -300,7 +300,7 @@ impl TestServer {
     /// Notes every identifier, token, key and content a request or response carried, so [`Self::stop`]
     /// can check that none of them reached the logs.
     fn remember_secrets(&self, value: &Value) {
-        const FIELDS: [&str; 10] = [
+        const FIELDS: [&str; 13] = [
             "aci",
             "guid",
             "token",
@@ -311,6 +311,9 @@ impl TestServer {
             "body",
             "id",
             "uploadCredential",
+            "endpoint",
+            "p256dh",
+            "auth",
         ];
         let mut found = Vec::new();
         collect(value, &FIELDS, &mut found);

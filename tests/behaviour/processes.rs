@@ -12,19 +12,19 @@ use crate::harness::*;
 const BIN: &str = env!("CARGO_BIN_EXE_sealpost");
 
 /// A running `sealpost serve`, its API address and everything it printed.
-struct Process {
-    child: Child,
-    base: String,
+pub struct Process {
+    pub child: Child,
+    pub base: String,
     output: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Process {
-    fn output(&self) -> String {
+    pub fn output(&self) -> String {
         self.output.lock().expect("output lock").clone()
     }
 }
 
-async fn spawn_server(envs: &[(&str, String)]) -> Process {
+pub async fn spawn_server(envs: &[(&str, String)]) -> Process {
     let mut command = Command::new(BIN);
     command
         .arg("serve")

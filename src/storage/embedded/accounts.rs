@@ -12,9 +12,15 @@ use crate::domain::{AccessKey, Aci, DeviceId, DeviceSlots};
 use crate::storage::embedded::{Sqlite, aci_text};
 use crate::storage::rows::{self, AccountColumns, CredentialColumns, DeviceColumns};
 use crate::storage::{
-    Account, AccountStore, AddDeviceError, CreateAccountError, Device, DeviceCredentials, NewAccount, NewDevice,
-    StoreError, StoreResult,
+    Account, AccountStore, AddDeviceError, CreateAccountError, Device, DeviceCredentials, IdleDevice, NewAccount,
+    NewDevice, StoreError, StoreResult,
 };
+
+/// Devices not seen since a day, but a primary only when its whole account is idle.
+const IDLE_DEVICES: &str = "SELECT d.aci, d.device_id FROM devices d
+     WHERE d.last_seen_day < ?1
+       AND (d.device_id <> 1 OR NOT EXISTS (SELECT 1 FROM devices e WHERE e.aci = d.aci AND e.last_seen_day >= ?1))
+     ORDER BY d.last_seen_day LIMIT ?2";
 
 #[async_trait]
 impl AccountStore for Sqlite {
@@ -228,6 +234,18 @@ impl AccountStore for Sqlite {
         let links = sqlx::query("DELETE FROM link_codes WHERE expires_at <= ?").bind(now).execute(&self.writer).await?;
         let invites = sqlx::query("DELETE FROM invites WHERE expires_at <= ?").bind(now).execute(&self.writer).await?;
         Ok(links.rows_affected() + invites.rows_affected())
+    }
+
+    async fn idle_devices(&self, seen_before: i64, limit: u32) -> StoreResult<Vec<IdleDevice>> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as(IDLE_DEVICES).bind(seen_before).bind(i64::from(limit)).fetch_all(&self.reader).await?;
+        rows.into_iter()
+            .map(|(aci, device)| {
+                let aci = Aci::parse(&aci).ok_or(StoreError::Corrupt("aci"))?;
+                let device = u32::try_from(device).map(DeviceId).map_err(|_| StoreError::Corrupt("device id"))?;
+                Ok(IdleDevice { aci, device })
+            })
+            .collect()
     }
 
     async fn ping(&self) -> StoreResult<()> {

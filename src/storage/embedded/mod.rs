@@ -1,5 +1,5 @@
 //! Embedded deployment: one SQLite file (WAL) for everything durable, the one-time prekey pools and the
-//! message queues, plus in-process token buckets, bus, presence and leases. One process, no services.
+//! message queues, plus in-process token buckets, bus, presence, leases and wakeup notes. One process, no services.
 //!
 //! This module owns opening the file (pragmas, the reader pool, the one writer connection and the
 //! checkpointer's connection) and assembling the [`Storage`]; each capability's SQL lives in its own
@@ -14,7 +14,9 @@ mod contacts;
 mod keys;
 mod memory;
 mod prekeys;
+mod push;
 mod queue;
+mod wakeups;
 mod writer;
 
 use std::str::FromStr;
@@ -29,11 +31,12 @@ use crate::config::Config;
 use crate::domain::Aci;
 use crate::shutdown::Tasks;
 pub use crate::storage::embedded::memory::{LocalBus, MemoryLease, MemoryLimits, MemoryPresence};
+pub use crate::storage::embedded::wakeups::MemoryWakeups;
 use crate::storage::guard::{Guarded, StoreHealth};
 use crate::storage::objects::ObjectBlobs;
 use crate::storage::{
-    AccountStore, AttachmentStore, ContactTokens, KeyStore, MessageQueue, PreKeyPool, Probe, Storage, StoreError,
-    StoreResult,
+    AccountStore, AttachmentStore, ContactTokens, KeyStore, MessageQueue, PreKeyPool, Probe, PushSubscriptions,
+    Storage, StoreError, StoreResult,
 };
 
 fn options(database_url: &str) -> StoreResult<SqliteConnectOptions> {
@@ -100,6 +103,8 @@ pub async fn connect(config: &Config, database_url: &str, tasks: &Tasks) -> Stor
         attachments: Guarded::<dyn AttachmentStore>::new(db.clone(), health.clone()),
         blobs: blobs.clone(),
         lease: Arc::new(MemoryLease::default()),
+        push: Guarded::<dyn PushSubscriptions>::new(db.clone(), health.clone()),
+        wakeups: Arc::new(MemoryWakeups::new(config.push_retry_backlog)),
         limits,
         probes: vec![
             Guarded::<dyn Probe>::new(db, health.clone()),

@@ -12,9 +12,15 @@ use crate::domain::{AccessKey, Aci, DeviceId, DeviceSlots};
 use crate::storage::postgres::{Postgres, device_param};
 use crate::storage::rows::{self, AccountColumns, CredentialColumns, DeviceColumns};
 use crate::storage::{
-    Account, AccountStore, AddDeviceError, CreateAccountError, Device, DeviceCredentials, NewAccount, NewDevice,
-    StoreResult,
+    Account, AccountStore, AddDeviceError, CreateAccountError, Device, DeviceCredentials, IdleDevice, NewAccount,
+    NewDevice, StoreError, StoreResult,
 };
+
+/// Devices not seen since a day, but a primary only when its whole account is idle.
+const IDLE_DEVICES: &str = "SELECT d.aci, d.device_id FROM devices d
+     WHERE d.last_seen_day < $1
+       AND (d.device_id <> 1 OR NOT EXISTS (SELECT 1 FROM devices e WHERE e.aci = d.aci AND e.last_seen_day >= $1))
+     ORDER BY d.last_seen_day LIMIT $2";
 
 #[async_trait]
 impl AccountStore for Postgres {
@@ -226,6 +232,17 @@ impl AccountStore for Postgres {
         let links = sqlx::query("DELETE FROM link_codes WHERE expires_at <= $1").bind(now).execute(&self.pool).await?;
         let invites = sqlx::query("DELETE FROM invites WHERE expires_at <= $1").bind(now).execute(&self.pool).await?;
         Ok(links.rows_affected() + invites.rows_affected())
+    }
+
+    async fn idle_devices(&self, seen_before: i64, limit: u32) -> StoreResult<Vec<IdleDevice>> {
+        let rows: Vec<(uuid::Uuid, i32)> =
+            sqlx::query_as(IDLE_DEVICES).bind(seen_before).bind(i64::from(limit)).fetch_all(&self.pool).await?;
+        rows.into_iter()
+            .map(|(aci, device)| {
+                let device = u32::try_from(device).map(DeviceId).map_err(|_| StoreError::Corrupt("device id"))?;
+                Ok(IdleDevice { aci: Aci(aci), device })
+            })
+            .collect()
     }
 
     async fn ping(&self) -> StoreResult<()> {

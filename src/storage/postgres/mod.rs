@@ -1,5 +1,5 @@
 //! The durable half of the scale-out deployment: Postgres holds accounts, devices, invite and link codes,
-//! signed and last-resort keys.
+//! signed and last-resort keys, contact tokens and push subscriptions.
 //!
 //! This module owns the connection: the schema a deployment (or a test) runs in, migrations under their
 //! advisory lock, and a pool whose waits are bounded like any store call. Each capability's SQL lives in
@@ -12,6 +12,7 @@ mod accounts;
 mod attachments;
 mod contacts;
 mod keys;
+mod push;
 
 use std::str::FromStr;
 use std::sync::Arc;

@@ -77,6 +77,16 @@ impl Keys {
         format!("{}presence:{aci}.{device}", self.prefix)
     }
 
+    /// Set while a device was woken lately (its value: 1 normal, 2 urgent), so a burst wakes it once.
+    pub fn wakeup_mark(&self, aci: Aci, device: DeviceId) -> String {
+        format!("{}wake:{aci}.{device}", self.prefix)
+    }
+
+    /// The sorted set of wakeups to send again (score: when each is due, in ms).
+    pub fn wakeup_retries(&self) -> String {
+        format!("{}wake-retries", self.prefix)
+    }
+
     /// A named lease (holding its fencing token and holder) and the counter its tokens come from, which
     /// never expires so a token never repeats.
     pub fn lease(&self, name: &str) -> [String; 2] {

@@ -1,6 +1,6 @@
 //! The ephemeral half of the scale-out deployment: Redis (or Redis Cluster, the same code path through
 //! fred's cluster configuration) holds one-time prekey pools, message queues, rate-limit buckets,
-//! presence, leases and the pub/sub bus. Any number of sealpost instances share it.
+//! presence, leases, wakeup notes and the pub/sub bus. Any number of sealpost instances share it.
 //!
 //! This module owns the clients: how they reconnect and how long a command may take, the start-up check
 //! for an append-only file, and assembling one store per capability over a shared pool. Names live in
@@ -16,6 +16,7 @@ mod limits;
 mod prekeys;
 mod presence;
 mod queue;
+mod wakeups;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +34,7 @@ pub use crate::storage::redis::limits::RedisLimits;
 pub use crate::storage::redis::prekeys::RedisPreKeys;
 pub use crate::storage::redis::presence::RedisPresence;
 pub use crate::storage::redis::queue::RedisQueue;
+pub use crate::storage::redis::wakeups::RedisWakeups;
 use crate::storage::{Probe, StoreResult};
 
 /// One store per capability, all over the same connections.
@@ -43,6 +45,7 @@ pub struct RedisStores {
     pub bus: Arc<RedisBus>,
     pub presence: Arc<RedisPresence>,
     pub lease: Arc<RedisLease>,
+    pub wakeups: Arc<RedisWakeups>,
     pub probe: Arc<RedisProbe>,
 }
 
@@ -75,7 +78,8 @@ pub async fn connect(config: &Config, url: &str, timeout: Duration, tasks: &Task
         limits: Arc::new(RedisLimits::new(pool.clone(), keys.clone())),
         bus: Arc::new(bus),
         presence: Arc::new(RedisPresence::new(pool.clone(), keys.clone())),
-        lease: Arc::new(RedisLease::new(pool.clone(), keys)),
+        lease: Arc::new(RedisLease::new(pool.clone(), keys.clone())),
+        wakeups: Arc::new(RedisWakeups::new(pool.clone(), keys, config.push_retry_backlog)),
         probe: Arc::new(RedisProbe { pool }),
     })
 }
