@@ -253,6 +253,14 @@ config_struct! {
     listen: SocketAddr = "127.0.0.1:8080", "SEALPOST_LISTEN", false;
     /// Address of the Prometheus `/metrics` listener (kept apart from the public API).
     metrics_listen: SocketAddr = "127.0.0.1:9464", "SEALPOST_METRICS_LISTEN", false;
+    /// Certificate chain (PEM, leaf first) for TLS on the API listener. Empty: plain HTTP (TLS ends at a proxy). Set together with `SEALPOST_TLS_KEY_FILE`.
+    tls_cert_file: Option<PathBuf> = "", "SEALPOST_TLS_CERT_FILE", false;
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1) of the API listener's certificate.
+    tls_key_file: Option<PathBuf> = "", "SEALPOST_TLS_KEY_FILE", false;
+    /// Seconds between checks of the certificate and key files' modification times; a change loads them for new connections without a restart (so does SIGHUP). 0: only on SIGHUP.
+    tls_reload_interval_seconds: u64 = "60", "SEALPOST_TLS_RELOAD_INTERVAL_SECONDS", false;
+    /// Web origins allowed to call the API from a browser (CORS), comma-separated, exactly as browsers send them (e.g. `https://chat.example.org,http://localhost:5173`). Empty: no cross-origin access.
+    cors_allowed_origins: Option<String> = "", "SEALPOST_CORS_ALLOWED_ORIGINS", false;
     /// Directory for the SQLite database (embedded mode) and the server key files.
     data_dir: PathBuf = "./data", "SEALPOST_DATA_DIR", false;
     /// Durable store: `sqlite://PATH` or `postgres://…`. Empty means `sqlite://<data_dir>/sealpost.db`.
@@ -269,6 +277,8 @@ config_struct! {
     redis_url: Option<String> = "", "SEALPOST_REDIS_URL", true;
     /// Prefix of every Redis key, so several deployments (or tests) can share one Redis.
     redis_key_prefix: String = "sealpost:", "SEALPOST_REDIS_KEY_PREFIX", false;
+    /// CA certificates (PEM) to trust, instead of the system's, for TLS to Postgres (`sslmode=verify-full` or `verify-ca` in the URL; a `sslrootcert` there wins) and to Redis (`rediss://`, `rediss-cluster://`). Empty: the system's roots.
+    store_ca_file: Option<PathBuf> = "", "SEALPOST_STORE_CA_FILE", false;
     /// Who may register: `open`, `invite` or `approval`.
     registration_policy: RegistrationPolicy = "open", "SEALPOST_REGISTRATION_POLICY", false;
     /// Lifetime of a code from `sealpost invite create`, in seconds.
@@ -578,6 +588,22 @@ impl Config {
                 return Err(ConfigError(format!("SEALPOST_REDIS_URL is not a valid Redis URL: {}", err.details())));
             }
         }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return Err(ConfigError("SEALPOST_TLS_CERT_FILE and SEALPOST_TLS_KEY_FILE must be set together".into()));
+        }
+        if let Some(origins) = &self.cors_allowed_origins {
+            for origin in origins.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+                let plain = origin.split_once("://").is_some_and(|(scheme, host)| {
+                    (scheme == "https" || scheme == "http") && !host.is_empty() && !host.contains(['/', '?', '#', '*'])
+                });
+                if !plain {
+                    return Err(ConfigError(format!(
+                        "SEALPOST_CORS_ALLOWED_ORIGINS: {origin:?} is not an origin like https://chat.example.org \
+                         (scheme and host, no path, no wildcard)"
+                    )));
+                }
+            }
+        }
         if self.ipv6_prefix_length > 128 {
             return Err(ConfigError("SEALPOST_IPV6_PREFIX_LENGTH must be 0..=128".into()));
         }
@@ -615,12 +641,16 @@ impl Config {
             Backend::Embedded { database_url: db }
         } else if db.starts_with("postgres://") || db.starts_with("postgresql://") {
             match &self.redis_url {
-                Some(redis) if redis.starts_with("redis://") || redis.starts_with("redis-cluster://") => {
+                Some(redis)
+                    if ["redis://", "redis-cluster://", "rediss://", "rediss-cluster://"]
+                        .iter()
+                        .any(|scheme| redis.starts_with(scheme)) =>
+                {
                     Backend::ScaleOut { database_url: db, redis_url: redis.clone() }
                 }
                 Some(_) => Backend::Invalid(
-                    "SEALPOST_REDIS_URL must start with redis:// or redis-cluster:// (TLS to Redis is not built in: \
-                     use a private network or a TLS tunnel)"
+                    "SEALPOST_REDIS_URL must start with redis://, rediss:// (TLS), redis-cluster:// or \
+                     rediss-cluster:// (TLS)"
                         .into(),
                 ),
                 None => {

@@ -55,6 +55,8 @@ pub enum ApiError {
     NotFound,
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("cross-origin requests from this origin are not allowed")]
+    CorsOriginRefused,
     #[error("too many requests")]
     RateLimited(Duration),
     #[error("envelope content is larger than allowed")]
@@ -169,6 +171,7 @@ impl ApiError {
             Unauthorized => StatusCode::UNAUTHORIZED,
             NotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            CorsOriginRefused => StatusCode::FORBIDDEN,
             RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             MessageTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             InvalidMessageType | InvalidTtl | InvalidMultiRecipient(_) | InvalidHeader(_) => StatusCode::BAD_REQUEST,
@@ -212,6 +215,7 @@ impl ApiError {
             PrimaryDeviceRequired => "primary_device_required",
             NotFound => "not_found",
             MethodNotAllowed => "method_not_allowed",
+            CorsOriginRefused => "cors_origin_refused",
             RateLimited(_) => "rate_limited",
             MessageTooLarge => "message_too_large",
             InvalidMessageType => "invalid_message_type",

@@ -48,7 +48,7 @@ pub async fn build_app(config: Config) -> Result<Arc<App>, StartError> {
     Ok(app)
 }
 
-/// Serves the API on `listener` and metrics on `metrics_listener` until `shutdown` completes, then stops
+/// Serves the API on `listener` (over TLS when a certificate is configured) and metrics on `metrics_listener` until `shutdown` completes, then stops
 /// accepting, lets open requests finish (up to the configured grace period) and returns.
 pub async fn serve(
     app: Arc<App>,
@@ -66,7 +66,13 @@ pub async fn serve(
         max_connections_per_ip: app.config.trusted_proxy_header.is_none().then_some(app.config.max_connections_per_ip),
         ipv6_prefix_length: app.config.ipv6_prefix_length,
     };
-    let api_server = http::listener::serve(listener, api, limits, stop_rx.clone());
+    let tls = http::tls::Tls::from_config(&app.config).map_err(std::io::Error::other)?;
+    let acceptor = tls.as_ref().map(|tls| tls.acceptor.clone());
+    if let Some(tls) = tls {
+        let interval = Duration::from_secs(app.config.tls_reload_interval_seconds);
+        tokio::spawn(tls.certificate.watch(interval, stop_rx.clone()));
+    }
+    let api_server = http::listener::serve(listener, api, limits, acceptor, stop_rx.clone());
     let mut metrics_stop = stop_rx.clone();
     let metrics_server = axum::serve(metrics_listener, metrics).with_graceful_shutdown(async move {
         let _ = metrics_stop.wait_for(|stop| *stop).await;

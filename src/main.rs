@@ -142,11 +142,16 @@ async fn run(command: Command, loaded: Loaded) -> Result<(), Box<dyn std::error:
 }
 
 async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    // A certificate that does not load stops the start here, before anything listens.
+    let scheme = match sealpost::http::tls::Tls::from_config(&config)? {
+        Some(_) => "https",
+        None => "http",
+    };
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let metrics_listener = tokio::net::TcpListener::bind(config.metrics_listen).await?;
     let app = sealpost::build_app(config).await?;
     tracing::info!(backend = app.storage.kind, "metrics on http://{}/metrics", metrics_listener.local_addr()?);
-    tracing::info!(backend = app.storage.kind, "listening on http://{}", listener.local_addr()?);
+    tracing::info!(backend = app.storage.kind, "listening on {scheme}://{}", listener.local_addr()?);
     sealpost::serve(app, listener, metrics_listener, shutdown_signal()).await?;
     Ok(())
 }

@@ -8,7 +8,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 
 use crate::error::ApiError;
-use crate::http::{observe, ops};
+use crate::http::{browser, observe, ops};
 use crate::state::App;
 
 /// The public API router.
@@ -28,6 +28,8 @@ pub fn api(app: Arc<App>) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(app.config.max_request_bytes))
         .layer(middleware::from_fn_with_state(app.clone(), observe))
+        // Outermost: the request id's span covers the request log line, and refused preflights get headers too.
+        .layer(middleware::from_fn_with_state(app.clone(), browser::browser))
         .with_state(app)
 }
 

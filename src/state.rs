@@ -34,6 +34,8 @@ pub struct App {
     /// A random name for this running server, in its request logs: several instances (or test servers)
     /// can be told apart in one log without naming anyone.
     pub instance: String,
+    /// When this server started, for the uptime `/healthz` reports.
+    pub started: std::time::Instant,
     /// Turns true when the server begins to shut down; open sockets close with 1001.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     pub shutdown_trigger: tokio::sync::watch::Sender<bool>,
@@ -90,6 +92,7 @@ impl App {
             certifier,
             wakeups,
             instance,
+            started: std::time::Instant::now(),
             shutdown,
             shutdown_trigger,
             tasks,

@@ -9,7 +9,8 @@
 //!   connection comes from the proxy); a connection over a cap gets a 503 JSON body and is closed. An
 //!   upgraded WebSocket keeps its place until it closes.
 //! * the answers hyper writes by itself to requests it cannot parse (400, 414, 431, with an empty body)
-//!   are rewritten to carry our JSON error body, like every other error.
+//!   are rewritten to carry our JSON error body, like every other error;
+//! * with TLS, a handshake must finish within the header timeout too (`crate::http::tls`).
 
 use std::collections::HashMap;
 use std::io;
@@ -38,12 +39,14 @@ pub struct ListenerLimits {
     pub ipv6_prefix_length: u8,
 }
 
-/// Serves `router` on `listener` until `stop` turns true, then stops accepting and waits for open HTTP
-/// exchanges to finish (upgraded sockets are closed by their own shutdown handling).
+/// Serves `router` on `listener` (over TLS when `tls` is given) until `stop` turns true, then stops
+/// accepting and waits for open HTTP exchanges to finish (upgraded sockets are closed by their own shutdown
+/// handling).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ListenerLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> io::Result<()> {
     let counts = Arc::new(Counts::default());
@@ -71,23 +74,29 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(Guarded { inner: stream, slot, rewrite: Rewrite::default() });
         let router = router.clone();
         let service = hyper::service::service_fn(move |mut request: axum::extract::Request<hyper::body::Incoming>| {
             request.extensions_mut().insert(ConnectInfo(peer));
             router.clone().oneshot(request.map(axum::body::Body::new))
         });
-        let connection = builder.serve_connection(io, service).with_upgrades();
-        let (open, mut stop) = (open.clone(), stop.clone());
+        let (open, stop, builder, tls) = (open.clone(), stop.clone(), builder.clone(), tls.clone());
+        let handshake_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
-            let mut connection = std::pin::pin!(connection);
-            // Errors here are the client's (reset, timed out, malformed): nothing to report.
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                _ = stopped(&mut stop) => {
-                    // Finish the exchange in progress, then close (a WebSocket has left this task already).
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
+            match tls {
+                None => {
+                    let io = TokioIo::new(Guarded { inner: stream, slot, rewrite: Rewrite::default() });
+                    drive(builder.serve_connection(io, service).with_upgrades(), stop).await;
+                }
+                Some(acceptor) => {
+                    // A handshake must finish within the header timeout, like a request's headers.
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            let io = TokioIo::new(Guarded { inner: stream, slot, rewrite: Rewrite::default() });
+                            drive(builder.serve_connection(io, service).with_upgrades(), stop).await;
+                        }
+                        // The client's failure (wrong trust, plain HTTP, gone): counted, not logged.
+                        Ok(Err(_)) | Err(_) => metrics::counter!("sealpost_tls_handshake_failures_total").increment(1),
+                    }
                 }
             }
             drop(open);
@@ -97,6 +106,28 @@ pub async fn serve(
     drop(open);
     let _ = all_closed.recv().await;
     Ok(())
+}
+
+/// Runs one connection until it ends or the server stops.
+async fn drive<I, S>(
+    connection: hyper::server::conn::http1::UpgradeableConnection<I, S>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::ResBody: 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut connection = std::pin::pin!(connection);
+    // Errors here are the client's (reset, timed out, malformed): nothing to report.
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        _ = stopped(&mut stop) => {
+            // Finish the exchange in progress, then close (a WebSocket has left this task already).
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
 }
 
 /// Completes once `stop` turns true (the guard `wait_for` returns is dropped at once, so the future stays
@@ -169,9 +200,10 @@ impl Drop for Slot {
     }
 }
 
-/// A TCP stream that holds its [`Slot`] and rewrites hyper's own bodiless error answers.
-struct Guarded {
-    inner: TcpStream,
+/// A connection's stream (TCP, or TLS over TCP) that holds its [`Slot`] and rewrites hyper's own bodiless
+/// error answers.
+struct Guarded<S> {
+    inner: S,
     #[allow(dead_code)] // held for its Drop
     slot: Slot,
     rewrite: Rewrite,
@@ -214,7 +246,7 @@ impl Rewrite {
     }
 }
 
-impl Guarded {
+impl<S: AsyncWrite + Unpin> Guarded<S> {
     /// Writes what is left of a replacement answer; ready once nothing is left.
     fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while let Some((bytes, written)) = &mut self.rewrite.pending {
@@ -250,13 +282,13 @@ impl Guarded {
     }
 }
 
-impl AsyncRead for Guarded {
+impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
-impl AsyncWrite for Guarded {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         ready!(this.poll_pending(cx))?;

@@ -2,10 +2,13 @@
 //! the client address as rate limits see it, request metrics and privacy-preserving request logs.
 //! Capabilities own their handlers and `routes` composes them; nothing here knows a capability.
 
+pub mod browser;
+pub mod docs;
 pub mod extract;
 pub mod listener;
 pub mod openapi;
 pub mod ops;
+pub mod tls;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

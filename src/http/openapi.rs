@@ -45,7 +45,7 @@ const ENDPOINTS: &[Endpoint] = &[
         summary: "Liveness",
         auth: Auth::None,
         body: None,
-        responses: &[(200, "alive")],
+        responses: &[(200, "alive: {status, version, uptimeSeconds}")],
     },
     Endpoint {
         method: "get",
@@ -62,6 +62,14 @@ const ENDPOINTS: &[Endpoint] = &[
         auth: Auth::None,
         body: None,
         responses: &[(200, "OpenAPI 3 document")],
+    },
+    Endpoint {
+        method: "get",
+        path: "/docs",
+        summary: "This document as a readable page (HTML, no scripts)",
+        auth: Auth::None,
+        body: None,
+        responses: &[(200, "HTML page")],
     },
     Endpoint {
         method: "post",

@@ -1,4 +1,5 @@
-//! Operations endpoints: liveness, readiness of every configured store, Prometheus metrics.
+//! Operations endpoints: liveness, readiness of every configured store, the API description (JSON and a
+//! readable page), Prometheus metrics.
 
 use std::sync::Arc;
 
@@ -12,7 +13,11 @@ use serde_json::json;
 use super::App;
 
 pub fn routes() -> Router<Arc<App>> {
-    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).route("/openapi.json", get(openapi))
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi))
+        .route("/docs", get(super::docs::page))
 }
 
 pub fn metrics_routes() -> Router<Arc<App>> {
@@ -23,8 +28,13 @@ async fn openapi() -> impl IntoResponse {
     axum::Json(super::openapi::document())
 }
 
-async fn healthz() -> impl IntoResponse {
-    axum::Json(json!({"status": "ok"}))
+/// Liveness, with what an operator checks after an upgrade: the version running and for how long.
+async fn healthz(State(app): State<Arc<App>>) -> impl IntoResponse {
+    axum::Json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptimeSeconds": app.started.elapsed().as_secs(),
+    }))
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> impl IntoResponse {
