@@ -15,6 +15,9 @@ pub enum StoreError {
     Redis(fred::error::Error),
     #[error("migration: {0}")]
     Migration(String),
+    /// A store setting that cannot work (a CA file that does not load): not retried.
+    #[error("configuration: {0}")]
+    Config(String),
     #[error("stored data is inconsistent: {0}")]
     Corrupt(&'static str),
     #[error("write failed: {0}")]

@@ -23,4 +23,5 @@ mod processes;
 mod push;
 mod push_contract;
 mod socket;
+mod store_tls;
 mod tls;

@@ -27,7 +27,13 @@ use crate::domain::DeviceId;
 use crate::storage::{AccountStore, Probe, StoreResult};
 
 async fn options(config: &Config, database_url: &str) -> StoreResult<PgConnectOptions> {
-    let options = PgConnectOptions::from_str(database_url)?;
+    let mut options = PgConnectOptions::from_str(database_url)?;
+    // TLS as the URL's `sslmode` says; the CA setting applies unless the URL names its own `sslrootcert`.
+    if let Some(ca_file) = &config.store_ca_file
+        && !database_url.contains("sslrootcert=")
+    {
+        options = options.ssl_root_cert(ca_file);
+    }
     let Some(schema) = &config.database_schema else { return Ok(options) };
     // The schema name was checked to be [a-z0-9_]+ by Config::validate, so quoting it is safe.
     let mut conn = sqlx::PgConnection::connect_with(&options).await?;

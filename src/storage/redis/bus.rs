@@ -46,15 +46,17 @@ pub struct RedisBus {
 }
 
 impl RedisBus {
+    #[allow(clippy::too_many_arguments)]
     pub async fn connect(
         url: &str,
+        ca_file: Option<&std::path::Path>,
         keys: Keys,
         publisher: Pool,
         presence_ttl: Duration,
         timeout: Duration,
         tasks: &Tasks,
     ) -> StoreResult<Self> {
-        let mut builder = builder(url, timeout)?;
+        let mut builder = builder(url, ca_file, timeout)?;
         // fred hands pub/sub messages over a broadcast channel; its default of 32 loses messages under load.
         builder.with_performance_config(|performance| performance.broadcast_channel_capacity = SUBSCRIBER_BUFFER);
         let subscriber = builder.build_subscriber_client()?;

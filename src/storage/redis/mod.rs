@@ -35,7 +35,7 @@ pub use crate::storage::redis::prekeys::RedisPreKeys;
 pub use crate::storage::redis::presence::RedisPresence;
 pub use crate::storage::redis::queue::RedisQueue;
 pub use crate::storage::redis::wakeups::RedisWakeups;
-use crate::storage::{Probe, StoreResult};
+use crate::storage::{Probe, StoreError, StoreResult};
 
 /// One store per capability, all over the same connections.
 pub struct RedisStores {
@@ -53,11 +53,13 @@ pub struct RedisStores {
 /// retries are [`crate::storage::connect_with_retries`]'s).
 pub async fn connect(config: &Config, url: &str, timeout: Duration, tasks: &Tasks) -> StoreResult<RedisStores> {
     let keys = Keys::new(&config.redis_key_prefix);
-    let pool = builder(url, timeout)?.build_pool(2)?;
+    let ca_file = config.store_ca_file.as_deref();
+    let pool = builder(url, ca_file, timeout)?.build_pool(2)?;
     pool.init().await?;
     warn_without_append_only_file(&pool).await;
     let provisioning_ttl = Duration::from_secs(config.provisioning_timeout_seconds + 60);
-    let bus = match RedisBus::connect(url, keys.clone(), pool.clone(), provisioning_ttl, timeout, tasks).await {
+    let bus = match RedisBus::connect(url, ca_file, keys.clone(), pool.clone(), provisioning_ttl, timeout, tasks).await
+    {
         Ok(bus) => bus,
         Err(err) => {
             // Start-up tries again from scratch: nothing of this attempt may keep reconnecting.
@@ -89,9 +91,15 @@ pub async fn connect(config: &Config, url: &str, timeout: Duration, tasks: &Task
 /// down or frozen costs a caller that long and no more. A command issued while disconnected waits for the
 /// reconnect within the same bound. Start-up retries are the caller's (`init` fails at once when Redis is
 /// not there, see [`crate::storage::connect_with_retries`]).
-fn builder(url: &str, timeout: Duration) -> StoreResult<Builder> {
+///
+/// `rediss://` and `rediss-cluster://` URLs connect over TLS (rustls), trusting `ca_file` when given and the
+/// system's roots otherwise.
+fn builder(url: &str, ca_file: Option<&std::path::Path>, timeout: Duration) -> StoreResult<Builder> {
     use fred::types::config::{ReconnectPolicy, TcpConfig, UnresponsiveConfig};
     let mut config = RedisConfig::from_url(url)?;
+    if let (Some(tls), Some(ca_file)) = (config.tls.as_mut(), ca_file) {
+        tls.connector = fred::types::config::TlsConnector::from(tls_trusting(ca_file)?);
+    }
     config.fail_fast = true;
     let mut builder = Builder::from_config(config);
     builder
@@ -106,6 +114,26 @@ fn builder(url: &str, timeout: Duration) -> StoreResult<Builder> {
         })
         .with_performance_config(|p| p.default_command_timeout = timeout);
     Ok(builder)
+}
+
+/// A TLS client configuration that trusts exactly the certificates in `ca_file`.
+fn tls_trusting(ca_file: &std::path::Path) -> StoreResult<rustls::ClientConfig> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let bad = |reason: String| StoreError::Config(format!("SEALPOST_STORE_CA_FILE {}: {reason}", ca_file.display()));
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca_file).map_err(|e| bad(e.to_string()))? {
+        roots.add(cert.map_err(|e| bad(e.to_string()))?).map_err(|e| bad(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("no certificate in the file".into()));
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
 }
 
 /// Queued envelopes and one-time prekeys exist only in Redis: without its append-only file, a restart of
