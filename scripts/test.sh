@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite: Rust unit and behaviour tests on both backends (embedded SQLite; Postgres + Redis),
-# then the real-client tests with the official libsignal under Node.
+# The whole test suite: checks of the deployment files (alert rules, compose file), Rust unit and behaviour
+# tests on both backends (embedded SQLite; Postgres + Redis; TLS to both), then the real-client tests with
+# the official libsignal under Node.
 #
 # Postgres and Redis: uses SEALPOST_TEST_DATABASE_URL / SEALPOST_TEST_REDIS_URL (default: the local ones).
 # When one is unreachable, starts a throwaway instance from the installed binaries in a temp dir and stops it
@@ -118,6 +119,34 @@ command -v node >/dev/null && command -v npm >/dev/null ||
     fail "Node.js is missing; install with: apt-get install -y nodejs npm"
 log "installing the Node test client's locked dependencies"
 (cd tests/client && npm ci --no-audit --no-fund --loglevel=error)
+
+# Deployment files: alert rules through promtool (Debian's prometheus package), the compose file through
+# `docker compose config` (no daemon needed). The container image itself is not built here.
+install_or_fail() { # install_or_fail COMMAND PACKAGE WHY
+    command -v "$1" >/dev/null && return
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        log "installing $2 for $3"
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2"; } >"$SCRATCH/apt-$2.log" 2>&1 ||
+            { cat "$SCRATCH/apt-$2.log" >&2; fail "could not install $2; install with: apt-get update && apt-get install -y $2"; }
+    else
+        fail "$3 needs $1; install with: apt-get update && apt-get install -y $2"
+    fi
+}
+log "alert rules (promtool check rules)"
+install_or_fail promtool prometheus "the alert-rule check"
+promtool check rules deploy/prometheus/alerts.yml
+log "docker-compose.yml (compose config, with throwaway secrets)"
+if docker compose version >/dev/null 2>&1; then
+    compose=(docker compose)
+else
+    echo "NOTE: the docker compose plugin is missing; checking with Debian's docker-compose instead" >&2
+    install_or_fail docker-compose docker-compose "the compose check"
+    compose=(docker-compose)
+fi
+deploy/make-secrets.sh "$SCRATCH/secrets" >/dev/null 2>&1
+SEALPOST_SECRETS_DIR="$SCRATCH/secrets" "${compose[@]}" -f docker-compose.yml config >"$SCRATCH/compose.yml" ||
+    fail "docker-compose.yml does not validate"
+python3 scripts/check-compose.py "$SCRATCH/compose.yml"
 
 log "structure of src/ (no import circle between files, no file over 400 lines but the tables)"
 python3 scripts/check-structure.py

@@ -1,4 +1,4 @@
-//! The `sealpost` command: serve, migrate, keygen, config, invite, approve.
+//! The `sealpost` command: serve, migrate, keygen, config, invite, approve, healthcheck.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,6 +44,9 @@ enum Command {
     },
     /// Approve an account waiting under the `approval` registration policy.
     Approve { aci: String },
+    /// Ask a running server's `/healthz` (on SEALPOST_LISTEN, over TLS when a certificate is configured)
+    /// and exit 0 when it answers 200: the container health check, with no curl in the image.
+    Healthcheck,
 }
 
 #[derive(Subcommand)]
@@ -124,6 +127,7 @@ async fn run(command: Command, loaded: Loaded) -> Result<(), Box<dyn std::error:
             println!("{code}");
             Ok(())
         }
+        Command::Healthcheck => healthcheck(&config).await,
         Command::Approve { aci } => {
             let aci = Aci::parse(&aci).ok_or("not an aci (UUID)")?;
             let tasks = sealpost::shutdown::Tasks::default();
@@ -153,6 +157,27 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     tracing::info!(backend = app.storage.kind, "metrics on http://{}/metrics", metrics_listener.local_addr()?);
     tracing::info!(backend = app.storage.kind, "listening on {scheme}://{}", listener.local_addr()?);
     sealpost::serve(app, listener, metrics_listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn healthcheck(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
+    let mut address = config.listen;
+    if address.ip().is_unspecified() {
+        address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let tls = config.tls_cert_file.is_some();
+    let url = format!("{}://{address}/healthz", if tls { "https" } else { "http" });
+    // The question is whether this server answers, not who it is: the certificate names the public host,
+    // not the loopback address asked here.
+    let client = reqwest::Client::builder()
+        .danger_accept_invalid_certs(tls)
+        .timeout(std::time::Duration::from_secs(5))
+        .build()?;
+    let status = client.get(&url).send().await?.status();
+    if !status.is_success() {
+        return Err(format!("{url} answered {status}").into());
+    }
+    println!("healthy");
     Ok(())
 }
 

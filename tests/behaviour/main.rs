@@ -9,6 +9,7 @@ mod browser;
 mod calls;
 mod contacts;
 mod contract;
+mod deploy;
 mod garbage;
 mod groups;
 mod hardening;

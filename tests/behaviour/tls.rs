@@ -101,6 +101,21 @@ async fn api_listener_serves_tls_and_reloads_a_changed_certificate() {
     eprintln!("certificate change on disk seen by new connections after {} ms (check every 1 s)", took.as_millis());
     assert!(server.output().contains("TLS certificate reloaded"), "{}", server.output());
 
+    // The container health check speaks TLS to the listener too; with nothing listening it fails.
+    let listen = server.base.trim_start_matches("https://").to_owned();
+    for (address, healthy) in [(listen.as_str(), true), ("127.0.0.1:1", false)] {
+        let status = tokio::process::Command::new(BIN)
+            .arg("healthcheck")
+            .env_clear()
+            .env("SEALPOST_LISTEN", address)
+            .env("SEALPOST_TLS_CERT_FILE", &live.cert)
+            .env("SEALPOST_TLS_KEY_FILE", &live.key)
+            .output()
+            .await
+            .expect("healthcheck");
+        assert_eq!(status.status.success(), healthy, "healthcheck on {address}: {status:?}");
+    }
+
     server.child.kill().await.expect("kill");
     let _ = std::fs::remove_dir_all(data);
 }
