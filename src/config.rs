@@ -773,6 +773,25 @@ mod tests {
     }
 
     #[test]
+    fn tls_files_come_in_pairs_and_cors_takes_plain_origins() {
+        let err = Config::load(None, env(&[("SEALPOST_TLS_CERT_FILE", "/etc/cert.pem")])).unwrap_err();
+        assert!(err.0.contains("SEALPOST_TLS_KEY_FILE"), "{err}");
+        let both = env(&[("SEALPOST_TLS_CERT_FILE", "/c.pem"), ("SEALPOST_TLS_KEY_FILE", "/k.pem")]);
+        assert!(Config::load(None, both).is_ok());
+        let good = "https://chat.example.org, http://localhost:5173";
+        assert!(Config::load(None, env(&[("SEALPOST_CORS_ALLOWED_ORIGINS", good)])).is_ok());
+        for bad in ["*", "https://*.example.org", "chat.example.org", "https://chat.example.org/app", "ftp://x"] {
+            let err = Config::load(None, env(&[("SEALPOST_CORS_ALLOWED_ORIGINS", bad)])).unwrap_err();
+            assert!(err.0.contains("SEALPOST_CORS_ALLOWED_ORIGINS"), "{bad}: {err}");
+        }
+        // TLS to Redis is accepted now, centralised and clustered.
+        for url in ["rediss://cache:6380", "rediss-cluster://a:6380?node=b:6380"] {
+            let scale_out = env(&[("SEALPOST_DATABASE_URL", "postgres://x/y"), ("SEALPOST_REDIS_URL", url)]);
+            assert!(Config::load(None, scale_out).is_ok(), "{url}");
+        }
+    }
+
+    #[test]
     fn rate_limits_round_trip() {
         for text in ["20/1h", "300/1m", "5/30s", "1/2d"] {
             assert_eq!(RateLimit::parse_value(text).unwrap().render(), text);
