@@ -46,6 +46,7 @@ pub async fn browser(State(app): State<Arc<App>>, request: Request, next: Next) 
         match allowed {
             Some(origin) => preflight_answer(origin, request.headers()),
             None => {
+                metrics::counter!("sealpost_cors_refused_total").increment(1);
                 tracing::debug!(parent: &span, "preflight from an origin that is not allowed");
                 ApiError::CorsOriginRefused.into_response()
             }

@@ -70,6 +70,8 @@ async fn without_configured_origins_no_preflight_passes() {
         .expect("preflight");
     assert_eq!(reply.status(), 403);
     assert!(reply.headers().get("access-control-allow-origin").is_none());
+    let metrics = server.http.get(format!("{}/metrics", server.metrics_base)).send().await.expect("metrics");
+    assert!(metrics.text().await.expect("text").contains("sealpost_cors_refused_total"));
     // The same request without the browser's headers is an ordinary (unknown-method) request.
     server.call(Method::OPTIONS, "/v1/messages", Auth::None, None).await.expect_error(405, "method_not_allowed");
     server.stop().await;
