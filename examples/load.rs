@@ -7,13 +7,15 @@
 //!
 //! Per backend it reports send → WebSocket delivery → ack (closed loop with 1, 16 and 64 pairs; open loop at
 //! 10% and 50% of the 64-pair maximum), idle authenticated WebSockets (RSS per socket), prekey bundle fetch
-//! with one-time-key claim, and the floors: an in-process axum WebSocket relay without storage, an axum JSON
+//! with one-time-key claim, a group send to 100 recipients against 100 single sealed sends, and the floors: an in-process axum WebSocket relay without storage, an axum JSON
 //! endpoint, and the raw storage cost per message. See docs/benchmarks.md.
 
 #[path = "load/client.rs"]
 mod client;
 #[path = "load/floors.rs"]
 mod floors;
+#[path = "load/groups.rs"]
+mod groups;
 #[path = "load/harness.rs"]
 mod harness;
 #[path = "load/server.rs"]
@@ -81,6 +83,7 @@ struct Plan {
     json_floor: Duration,
     storage: Duration,
     storage_max: u64,
+    group: groups::GroupPlan,
 }
 
 const PAIRS: usize = 64;
@@ -107,6 +110,12 @@ impl Plan {
                 json_floor: s(0.3),
                 storage: s(0.3),
                 storage_max: 2_000,
+                group: groups::GroupPlan {
+                    recipients: 20,
+                    duration: s(0.3),
+                    group_concurrency: 2,
+                    single_concurrency: 8,
+                },
             }
         } else {
             Plan {
@@ -125,6 +134,12 @@ impl Plan {
                 json_floor: s(4.0),
                 storage: s(3.0),
                 storage_max: 100_000_000,
+                group: groups::GroupPlan {
+                    recipients: 100,
+                    duration: s(4.0),
+                    group_concurrency: 4,
+                    single_concurrency: HTTP_CONCURRENCY,
+                },
             }
         }
     }
@@ -189,6 +204,7 @@ struct BackendReport {
     bundle: Option<HttpLoadResult>,
     json_floor: Option<HttpLoadResult>,
     storage_floor: Option<StorageFloor>,
+    group: Option<groups::GroupResult>,
     ratios: Option<Ratios>,
     targets: Vec<TargetCheck>,
     /// Missing figures, losses and errors: any of these fails the run.
@@ -501,6 +517,13 @@ async fn measure(ctx: &Ctx, server: &Server, report: &mut BackendReport) -> Resu
     upload_pools(http, &server.base, &targets, plan.keys_per_target).await?;
     let bundle = bundle_fetch(ctx, server, &targets, &senders, &probe, services).await;
     report.bundle = Some(bundle);
+
+    // f. A group send against single sends to the same recipients.
+    stage(backend, &format!("group send to {} recipients against single sends", plan.group.recipients));
+    match groups::measure(http, &server.base, &plan.group, &probe, services, next_phase).await {
+        Ok(group) => report.group = Some(group),
+        Err(err) => report.failures.push(err),
+    }
 
     // e(ii). axum JSON floor.
     stage(backend, "floors: JSON, storage");
@@ -868,6 +891,28 @@ fn check(report: &mut BackendReport, backend: Backend) {
         Some(floor) if floor.messages > 0 => {}
         _ => failures.push("storage floor not measured".into()),
     }
+    match &report.group {
+        Some(group) => {
+            for mode in [&group.group, &group.single] {
+                if !mode.lossless() {
+                    failures.push(format!(
+                        "{}: expected {} delivered {} lost {} duplicates {} send errors {}{}",
+                        mode.label,
+                        mode.expected,
+                        mode.deliveries,
+                        mode.lost,
+                        mode.duplicates,
+                        mode.send_errors,
+                        mode.first_error.as_deref().map(|e| format!(" (first: {e})")).unwrap_or_default()
+                    ));
+                }
+                if mode.deliveries == 0 || mode.latency.is_none() || mode.server_cpu_us_per_delivery.is_none() {
+                    failures.push(format!("{}: figures missing", mode.label));
+                }
+            }
+        }
+        None => failures.push("group send not measured".into()),
+    }
     if let Some(error) = &report.error
         && !failures.contains(error)
     {
@@ -1020,6 +1065,33 @@ fn print_backend(report: &BackendReport, ctx: &Ctx) {
     }
     if let (Some(start), Some(end)) = (report.server_rss_start_kb, report.server_rss_end_kb) {
         println!("server RSS: {:.1} MB at start, {:.1} MB at the end", start as f64 / 1024.0, end as f64 / 1024.0);
+    }
+    if let Some(g) = &report.group {
+        println!(
+            "{:<36} {:>9} {:>9} {:>8} {:>8} {:>8} {:>9} {:>9}",
+            format!("groups of {}, 561 B each", g.recipients),
+            "group/s",
+            "deliv/s",
+            "p50 µs",
+            "p99 µs",
+            "CPU µs",
+            "rds+pg µs",
+            "lost/dup"
+        );
+        for m in [&g.group, &g.single] {
+            println!(
+                "{:<36} {:>9} {:>9} {:>8} {:>8} {:>8} {:>9} {:>9}",
+                m.label,
+                format!("{:.1}", m.group_msgs_per_sec),
+                num(m.deliveries_per_sec),
+                opt(m.latency.map(|l| l.p50_us), 0),
+                opt(m.latency.map(|l| l.p99_us), 0),
+                opt(m.server_cpu_us_per_delivery, 1),
+                opt(m.services_cpu_us_per_delivery, 1),
+                format!("{}/{}", m.lost, m.duplicates),
+            );
+        }
+        println!("  server CPU per recipient device, group ÷ single: {}", opt(g.cpu_per_delivery_ratio, 2));
     }
     let loops: Vec<&LoopResult> =
         report.warmup.iter().chain(&report.closed).chain(&report.open).chain(&report.relay_floor).collect();

@@ -221,6 +221,36 @@ pub fn decode_content(bytes: &[u8]) -> Option<Stamp> {
     Some(Stamp { pair: u32_at(4), phase: u32_at(8), seq: u64_at(12), sent_ns: u64_at(20) })
 }
 
+/// Bytes of the per-recipient part of a multi-recipient share: the version byte and 48 bytes of key material.
+pub const SHARE_HEADER_BYTES: usize = 49;
+
+/// What a recipient device of a group send receives: `0x22`, its 48 bytes of key material (here: its index
+/// and zeros), then the shared content.
+pub fn encode_share(recipient: u32, shared: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(SHARE_HEADER_BYTES + shared.len());
+    out.push(0x22);
+    out.extend_from_slice(&share_key(recipient));
+    out.extend_from_slice(shared);
+    out
+}
+
+/// The 48 bytes of key material a group send gives `recipient`.
+pub fn share_key(recipient: u32) -> [u8; 48] {
+    let mut key = [0u8; 48];
+    key[..4].copy_from_slice(&recipient.to_be_bytes());
+    key
+}
+
+/// A share's stamp, with the pair taken from the key material (the shared part is the same for everyone).
+fn decode_share(bytes: &[u8]) -> Option<Stamp> {
+    if bytes.len() <= SHARE_HEADER_BYTES || bytes[0] != 0x22 {
+        return None;
+    }
+    let stamp = decode_content(&bytes[SHARE_HEADER_BYTES..])?;
+    let pair = u32::from_be_bytes(bytes[1..5].try_into().expect("4 bytes"));
+    Some(Stamp { pair, ..stamp })
+}
+
 /// The JSON of `PUT /v1/messages/{aci}`: one type-1 envelope for device 1.
 pub fn send_body(stamp: &Stamp, registration_id: u16) -> String {
     let content = B64.encode(encode_content(stamp));
@@ -247,11 +277,15 @@ pub enum Framing {
     Sealpost,
     /// The relay floor: the request body is the sender's JSON, forwarded as it came.
     Floor,
+    /// sealpost carrying a multi-recipient share (see `groups.rs`): the pair is in the key material.
+    Share,
 }
 
 /// One envelope received (and acknowledged) on a socket.
 #[derive(Debug, Clone, Copy)]
 pub struct Delivery {
+    /// The receiver's own pair (or recipient) number.
+    pub pair: u32,
     pub phase: u32,
     pub seq: u64,
     pub latency_ns: u64,
@@ -317,10 +351,13 @@ pub fn spawn_receiver(
                             Some("/api/v1/message") => {
                                 let body = request.body.unwrap_or_default();
                                 let content = match framing {
-                                    Framing::Sealpost => Envelope::decode(body.as_slice()).ok().and_then(|e| e.content),
+                                    Framing::Sealpost | Framing::Share => {
+                                        Envelope::decode(body.as_slice()).ok().and_then(|e| e.content)
+                                    }
                                     Framing::Floor => content_of_body(&body),
                                 };
-                                Some(content.as_deref().and_then(decode_content))
+                                let decode = if framing == Framing::Share { decode_share } else { decode_content };
+                                Some(content.as_deref().and_then(decode))
                             }
                             Some("/api/v1/queue/empty") => {
                                 health.queue_empty.fetch_add(1, Ordering::Relaxed);
@@ -338,6 +375,7 @@ pub fn spawn_receiver(
                         match stamp {
                             Some(Some(stamp)) => {
                                 let _ = deliveries.send(Delivery {
+                                    pair,
                                     phase: stamp.phase,
                                     seq: stamp.seq,
                                     latency_ns: arrived.saturating_sub(stamp.sent_ns),
