@@ -201,6 +201,8 @@ struct BackendReport {
     closed: Vec<LoopResult>,
     open: Vec<LoopResult>,
     relay_floor: Option<LoopResult>,
+    relay_floor_one: Option<LoopResult>,
+    sealed: Option<LoopResult>,
     bundle: Option<HttpLoadResult>,
     json_floor: Option<HttpLoadResult>,
     storage_floor: Option<StorageFloor>,
@@ -431,6 +433,7 @@ async fn floor_fleet(floor: &FloorServer) -> Result<Fleet, String> {
         setups.push(PairSetup {
             url: format!("{}/relay/{p}", floor.base),
             authorization: None,
+            access_key: None,
             registration_id: 1,
             socket,
         });
@@ -485,17 +488,20 @@ async fn measure(ctx: &Ctx, server: &Server, report: &mut BackendReport) -> Resu
     stage(backend, "registering sender/recipient pairs");
     let senders = client::register_many(http, &server.base, PAIRS, SETUP_CONCURRENCY).await?;
     let recipients = client::register_many(http, &server.base, PAIRS, SETUP_CONCURRENCY).await?;
+    let mut access_keys = Vec::with_capacity(recipients.len());
     for recipient in &recipients {
         client::upload_keys(http, &server.base, recipient, 0).await?;
+        access_keys.push(client::set_access_key(http, &server.base, recipient).await?);
     }
     let ws_url = format!("{}/v1/websocket", server.base.replacen("http://", "ws://", 1));
     let mut setups = Vec::new();
-    for (sender, recipient) in senders.iter().zip(&recipients) {
+    for ((sender, recipient), access_key) in senders.iter().zip(&recipients).zip(access_keys) {
         let mut socket = client::connect(&ws_url, Some(&recipient.token)).await?;
         client::await_queue_empty(&mut socket, Duration::from_secs(10)).await?;
         setups.push(PairSetup {
             url: format!("{}/v1/messages/{}", server.base, recipient.aci),
             authorization: Some(format!("Bearer {}", sender.token)),
+            access_key: Some(access_key),
             registration_id: recipient.registration_id,
             socket,
         });
@@ -586,6 +592,7 @@ async fn relay_measurements(
         duration,
         max_per_pair: max,
         rate,
+        sealed: false,
         probe,
         with_services: services,
     };
@@ -616,6 +623,7 @@ async fn relay_measurements(
                 duration: plan.relay_floor,
                 max_per_pair: plan.max_per_pair,
                 rate: None,
+                sealed: false,
                 probe: &FloorServer::probe(),
                 with_services: false,
             };
@@ -625,7 +633,29 @@ async fn relay_measurements(
             }
             report.relay_floor = Some(floor);
         }
+        if pairs == 1 {
+            // The 1-pair relay floor, for the 1-pair latency ratio.
+            stage(backend, "relay floor, 1 pair");
+            let floor_spec = LoopSpec {
+                label: "relay floor, 1 pair".into(),
+                pairs: 1,
+                phase: next_phase(),
+                duration,
+                max_per_pair: plan.max_per_pair,
+                rate: None,
+                sealed: false,
+                probe: &FloorServer::probe(),
+                with_services: false,
+            };
+            report.relay_floor_one = Some(harness::run_loop(http, &ctx.floor_fleet, floor_spec).await);
+        }
     }
+
+    // Sealed sender, the privacy default: no sender credentials, the recipient's access key instead.
+    stage(backend, "sealed sender, 64 pairs");
+    let label = "sealed sender, 64 pairs".to_string();
+    let sealed = LoopSpec { sealed: true, ..spec(label, PAIRS, plan.closed[2].1, plan.max_per_pair, None) };
+    report.sealed = Some(harness::run_loop(http, fleet, sealed).await);
 
     // b. Open loop at 10% and 50% of the 64-pair maximum.
     let max = report.closed.last().map(|r| r.msgs_per_sec).unwrap_or(0.0);
@@ -842,8 +872,15 @@ fn ratio(a: f64, b: f64) -> Option<f64> {
 /// Fills in ratios, targets and the failures (missing figures, losses, errors).
 fn check(report: &mut BackendReport, backend: Backend) {
     let mut failures = std::mem::take(&mut report.failures);
-    let loops: Vec<&LoopResult> =
-        report.warmup.iter().chain(&report.closed).chain(&report.open).chain(&report.relay_floor).collect();
+    let loops: Vec<&LoopResult> = report
+        .warmup
+        .iter()
+        .chain(&report.closed)
+        .chain(&report.sealed)
+        .chain(&report.open)
+        .chain(&report.relay_floor)
+        .chain(&report.relay_floor_one)
+        .collect();
     for result in &loops {
         if !result.lossless() {
             failures.push(format!(
@@ -868,8 +905,11 @@ fn check(report: &mut BackendReport, backend: Backend) {
     if report.open.len() != 2 {
         failures.push(format!("open loops: {} of 2 measured", report.open.len()));
     }
-    if report.relay_floor.is_none() {
+    if report.relay_floor.is_none() || report.relay_floor_one.is_none() {
         failures.push("relay floor not measured".into());
+    }
+    if report.sealed.is_none() {
+        failures.push("sealed-sender loop not measured".into());
     }
     for (name, result) in [("bundle fetch", &report.bundle), ("JSON floor", &report.json_floor)] {
         match result {
@@ -926,10 +966,18 @@ fn check(report: &mut BackendReport, backend: Backend) {
     let ratios =
         Ratios { send_deliver_ack_vs_relay_floor: ratio(send, relay), bundle_fetch_vs_json_floor: ratio(fetch, json) };
 
-    let want = if backend == Backend::ScaleOut { 0.35 } else { 0.2 };
+    let scale_out = backend == Backend::ScaleOut;
+    let want = if scale_out { 0.45 } else { 0.5 };
     let lossless = loops.iter().all(|r| r.lossless());
     let p99_10 = report.open.first().and_then(|r| r.latency).map(|l| l.p99_us / 1000.0);
+    let p999_10 = report.open.first().and_then(|r| r.latency).map(|l| l.p999_us / 1000.0);
     let idle = report.idle.as_ref().map(|i| i.per_socket_kb);
+    let one = report.closed.iter().find(|r| r.pairs == 1);
+    let one_floor_p50 = report.relay_floor_one.as_ref().and_then(|r| r.latency).map(|l| l.p50_us);
+    let p50_ratio = one.and_then(|r| r.latency).zip(one_floor_p50).map(|(l, floor)| l.p50_us / floor);
+    let one_cpu = one.and_then(|r| r.server_cpu_us_per_msg);
+    let cpu_want = if scale_out { 80.0 } else { 100.0 };
+    let bundle_want = if scale_out { 0.35 } else { 0.4 };
     let targets = vec![
         target_check(
             format!("send→deliver→ack (64 pairs) ≥ {want} × relay floor"),
@@ -948,13 +996,18 @@ fn check(report: &mut BackendReport, backend: Backend) {
             ),
             met: lossless && !loops.is_empty(),
         },
+        target_check("1 pair: p50 ≤ 2 × the 1-pair relay floor's p50".into(), p50_ratio, " ×", |r| r <= 2.0),
+        target_check(format!("1 pair: server CPU ≤ {cpu_want} µs per message"), one_cpu, " µs", |us| {
+            us <= cpu_want
+        }),
         target_check("p99 send→deliver at 10% load ≤ 1 ms".into(), p99_10, " ms", |ms| ms <= 1.0),
-        target_check("idle WebSocket ≤ 20 kB RSS each".into(), idle, " kB", |kb| kb <= 20.0),
+        target_check("p99.9 send→deliver at 10% load ≤ 3 ms".into(), p999_10, " ms", |ms| ms <= 3.0),
+        target_check("idle WebSocket ≤ 8 kB RSS each".into(), idle, " kB", |kb| kb <= 8.0),
         target_check(
-            "bundle fetch with claim ≥ 0.2 × axum JSON floor".into(),
+            format!("bundle fetch with claim ≥ {bundle_want} × axum JSON floor"),
             ratios.bundle_fetch_vs_json_floor,
             " ×",
-            |r| r >= 0.2,
+            |r| r >= bundle_want,
         ),
     ];
     report.ratios = Some(ratios);
@@ -997,7 +1050,13 @@ fn print_backend(report: &BackendReport, ctx: &Ctx) {
         "{:<36} {:>9} {:>8} {:>8} {:>9} {:>8} {:>9} {:>9} {:>7}",
         "send→deliver→ack, 512 B", "msg/s", "p50 µs", "p99 µs", "p99.9 µs", "CPU µs", "rds+pg µs", "lost/dup", "×floor"
     );
-    let loops = report.closed.iter().chain(&report.open).chain(&report.relay_floor);
+    let loops = report
+        .closed
+        .iter()
+        .chain(&report.sealed)
+        .chain(&report.open)
+        .chain(&report.relay_floor)
+        .chain(&report.relay_floor_one);
     for r in loops {
         let floor = if r.label.starts_with("relay floor") { "1".into() } else { opt(ratio(r.msgs_per_sec, relay), 2) };
         println!(
@@ -1093,8 +1152,15 @@ fn print_backend(report: &BackendReport, ctx: &Ctx) {
         }
         println!("  server CPU per recipient device, group ÷ single: {}", opt(g.cpu_per_delivery_ratio, 2));
     }
-    let loops: Vec<&LoopResult> =
-        report.warmup.iter().chain(&report.closed).chain(&report.open).chain(&report.relay_floor).collect();
+    let loops: Vec<&LoopResult> = report
+        .warmup
+        .iter()
+        .chain(&report.closed)
+        .chain(&report.sealed)
+        .chain(&report.open)
+        .chain(&report.relay_floor)
+        .chain(&report.relay_floor_one)
+        .collect();
     println!("messages: {}", loss_summary(&loops, report.lost_never_arrived));
     println!("targets:");
     for t in &report.targets {

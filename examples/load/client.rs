@@ -133,6 +133,20 @@ pub async fn upload_keys(http: &reqwest::Client, base: &str, account: &Account, 
     expect(response, 204, "key upload").await.map(drop)
 }
 
+/// Gives `account` a random unidentified-access key (`PUT /v1/accounts/me/attributes`); returns it in base64.
+pub async fn set_access_key(http: &reqwest::Client, base: &str, account: &Account) -> Result<String, String> {
+    let key = B64.encode(sealpost::crypto::random_bytes::<16>());
+    let response = http
+        .put(format!("{base}/v1/accounts/me/attributes"))
+        .bearer_auth(&account.token)
+        .json(&json!({"unidentifiedAccessKey": key}))
+        .send()
+        .await
+        .map_err(|e| format!("attributes: {e}"))?;
+    expect(response, 204, "attributes").await?;
+    Ok(key)
+}
+
 /// Opens a WebSocket (Nagle off on our side; small buffers so thousands of idle sockets stay cheap here).
 pub async fn connect(url: &str, bearer: Option<&str>) -> Result<Ws, String> {
     let mut request = url.into_client_request().map_err(|e| format!("websocket request: {e}"))?;
@@ -251,11 +265,12 @@ fn decode_share(bytes: &[u8]) -> Option<Stamp> {
     Some(Stamp { pair, ..stamp })
 }
 
-/// The JSON of `PUT /v1/messages/{aci}`: one type-1 envelope for device 1.
-pub fn send_body(stamp: &Stamp, registration_id: u16) -> String {
+/// The JSON of `PUT /v1/messages/{aci}`: one envelope of type `kind` (1 ciphertext, 6 sealed sender) for
+/// device 1.
+pub fn send_body(stamp: &Stamp, registration_id: u16, kind: u8) -> String {
     let content = B64.encode(encode_content(stamp));
     format!(
-        r#"{{"messages":[{{"type":1,"destinationDeviceId":1,"destinationRegistrationId":{registration_id},"content":"{content}"}}],"timestamp":{}}}"#,
+        r#"{{"messages":[{{"type":{kind},"destinationDeviceId":1,"destinationRegistrationId":{registration_id},"content":"{content}"}}],"timestamp":{}}}"#,
         stamp.seq + 1
     )
 }
