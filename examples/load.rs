@@ -89,6 +89,8 @@ struct Plan {
 const PAIRS: usize = 64;
 const HTTP_CONCURRENCY: usize = 32;
 const SETUP_CONCURRENCY: usize = 32;
+/// Idle sockets opened from one loopback address (127.0.0.1, then .2, …): below the ephemeral port range.
+const SOCKETS_PER_SOURCE: usize = 20_000;
 
 impl Plan {
     fn new(smoke: bool, idle: Option<usize>) -> Plan {
@@ -181,6 +183,8 @@ struct Ratios {
     send_deliver_ack_vs_relay_floor: Option<f64>,
     /// Bundle fetch req/s ÷ axum JSON floor req/s.
     bundle_fetch_vs_json_floor: Option<f64>,
+    /// Scale-out: 64-pair msg/s across two instances ÷ on one.
+    two_instances_vs_one: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -203,6 +207,8 @@ struct BackendReport {
     relay_floor: Option<LoopResult>,
     relay_floor_one: Option<LoopResult>,
     sealed: Option<LoopResult>,
+    /// Scale-out: two instances, senders on one and recipients on the other.
+    cross_instance: Option<LoopResult>,
     bundle: Option<HttpLoadResult>,
     json_floor: Option<HttpLoadResult>,
     storage_floor: Option<StorageFloor>,
@@ -301,16 +307,17 @@ async fn ensure_open_files(idle: usize) -> Result<(), String> {
     if soft >= needed {
         return Ok(());
     }
-    if hard >= needed {
-        let status = tokio::process::Command::new("prlimit")
-            .arg("--pid")
-            .arg(std::process::id().to_string())
-            .arg(format!("--nofile={hard}:{hard}"))
-            .status()
-            .await;
-        if status.is_ok_and(|s| s.success()) && open_files_limit().is_some_and(|(soft, _)| soft >= needed) {
-            return Ok(());
-        }
+    // Up to the hard limit anyone may; beyond it only a privileged process (root here), which is tried too.
+    let raise_to = hard.max(needed);
+    let status = tokio::process::Command::new("prlimit")
+        .arg("--pid")
+        .arg(std::process::id().to_string())
+        .arg(format!("--nofile={raise_to}:{raise_to}"))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await;
+    if status.is_ok_and(|s| s.success()) && open_files_limit().is_some_and(|(soft, _)| soft >= needed) {
+        return Ok(());
     }
     Err(format!(
         "{idle} idle sockets need about {needed} open files in this process and in the server, but the limit is \
@@ -493,20 +500,7 @@ async fn measure(ctx: &Ctx, server: &Server, report: &mut BackendReport) -> Resu
         client::upload_keys(http, &server.base, recipient, 0).await?;
         access_keys.push(client::set_access_key(http, &server.base, recipient).await?);
     }
-    let ws_url = format!("{}/v1/websocket", server.base.replacen("http://", "ws://", 1));
-    let mut setups = Vec::new();
-    for ((sender, recipient), access_key) in senders.iter().zip(&recipients).zip(access_keys) {
-        let mut socket = client::connect(&ws_url, Some(&recipient.token)).await?;
-        client::await_queue_empty(&mut socket, Duration::from_secs(10)).await?;
-        setups.push(PairSetup {
-            url: format!("{}/v1/messages/{}", server.base, recipient.aci),
-            authorization: Some(format!("Bearer {}", sender.token)),
-            access_key: Some(access_key),
-            registration_id: recipient.registration_id,
-            socket,
-        });
-    }
-    let fleet = Fleet::new(setups, Framing::Sealpost);
+    let fleet = pair_fleet(&server.base, &server.base, &senders, &recipients, &access_keys).await?;
 
     let result = relay_measurements(ctx, server, &fleet, &probe, services, report).await;
     let problem = fleet.problem();
@@ -515,6 +509,15 @@ async fn measure(ctx: &Ctx, server: &Server, report: &mut BackendReport) -> Resu
     result?;
     if let Some(problem) = problem {
         return Err(format!("receiver: {problem}"));
+    }
+
+    // Two scale-out instances: senders on the first, recipients' sockets on the second.
+    if services {
+        stage(backend, "two instances, 64 pairs");
+        match cross_instance(ctx, server, &senders, &recipients, &access_keys).await {
+            Ok(result) => report.cross_instance = Some(result),
+            Err(err) => report.failures.push(err),
+        }
     }
 
     // d. Bundle fetch with one-time-key claim.
@@ -572,6 +575,69 @@ async fn measure(ctx: &Ctx, server: &Server, report: &mut BackendReport) -> Resu
         Err(err) => report.failures.push(err),
     }
     Ok(())
+}
+
+/// Pairs whose senders PUT to `send_base` and whose recipients hold sockets on `socket_base`.
+async fn pair_fleet(
+    send_base: &str,
+    socket_base: &str,
+    senders: &[Account],
+    recipients: &[Account],
+    access_keys: &[String],
+) -> Result<Fleet, String> {
+    let ws_url = format!("{}/v1/websocket", socket_base.replacen("http://", "ws://", 1));
+    let mut setups = Vec::new();
+    for ((sender, recipient), access_key) in senders.iter().zip(recipients).zip(access_keys) {
+        let mut socket = client::connect(&ws_url, Some(&recipient.token)).await?;
+        client::await_queue_empty(&mut socket, Duration::from_secs(10)).await?;
+        setups.push(PairSetup {
+            url: format!("{send_base}/v1/messages/{}", recipient.aci),
+            authorization: Some(format!("Bearer {}", sender.token)),
+            access_key: Some(access_key.clone()),
+            registration_id: recipient.registration_id,
+            socket,
+        });
+    }
+    Ok(Fleet::new(setups, Framing::Sealpost))
+}
+
+/// The 64-pair closed loop with a second instance holding every recipient's socket: each message crosses
+/// from one instance to the other through Redis. CPU is both instances'.
+async fn cross_instance(
+    ctx: &Ctx,
+    server: &Server,
+    senders: &[Account],
+    recipients: &[Account],
+    access_keys: &[String],
+) -> Result<LoopResult, String> {
+    let peer = server::start_peer(&ctx.bin, server).await.map_err(|e| format!("second instance: {e}"))?;
+    let fleet = match pair_fleet(&server.base, &peer.base, senders, recipients, access_keys).await {
+        Ok(fleet) => fleet,
+        Err(err) => {
+            peer.stop().await;
+            return Err(format!("second instance: {err}"));
+        }
+    };
+    let probe = CpuProbe::Processes(vec![server.pid, peer.pid]);
+    let spec = LoopSpec {
+        label: "two instances, 64 pairs".into(),
+        pairs: PAIRS,
+        phase: next_phase(),
+        duration: ctx.plan.closed[2].1,
+        max_per_pair: ctx.plan.max_per_pair,
+        rate: None,
+        sealed: false,
+        probe: &probe,
+        with_services: true,
+    };
+    let result = harness::run_loop(&ctx.http, &fleet, spec).await;
+    let problem = fleet.problem();
+    fleet.close().await;
+    peer.stop().await;
+    match problem {
+        Some(problem) => Err(format!("two instances: receiver: {problem}")),
+        None => Ok(result),
+    }
 }
 
 async fn relay_measurements(
@@ -723,7 +789,8 @@ async fn idle_sockets(http: &reqwest::Client, server: &Server, n: usize) -> Resu
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(account) = accounts.get(i) else { return Ok::<(), String>(()) };
-                let mut socket = client::connect(&ws_url, Some(&account.token)).await?;
+                let source = std::net::Ipv4Addr::new(127, 0, 0, 1 + (i / SOCKETS_PER_SOURCE) as u8);
+                let mut socket = client::connect_from(&ws_url, Some(&account.token), Some(source.into())).await?;
                 client::await_queue_empty(&mut socket, Duration::from_secs(30)).await?;
                 held.lock().unwrap_or_else(|p| p.into_inner()).push(socket);
             }
@@ -880,6 +947,7 @@ fn check(report: &mut BackendReport, backend: Backend) {
         .chain(&report.open)
         .chain(&report.relay_floor)
         .chain(&report.relay_floor_one)
+        .chain(&report.cross_instance)
         .collect();
     for result in &loops {
         if !result.lossless() {
@@ -910,6 +978,9 @@ fn check(report: &mut BackendReport, backend: Backend) {
     }
     if report.sealed.is_none() {
         failures.push("sealed-sender loop not measured".into());
+    }
+    if backend == Backend::ScaleOut && report.cross_instance.is_none() {
+        failures.push("two instances not measured".into());
     }
     for (name, result) in [("bundle fetch", &report.bundle), ("JSON floor", &report.json_floor)] {
         match result {
@@ -963,8 +1034,11 @@ fn check(report: &mut BackendReport, backend: Backend) {
     let relay = report.relay_floor.as_ref().map(|r| r.msgs_per_sec).unwrap_or(0.0);
     let fetch = report.bundle.as_ref().map(|r| r.per_sec).unwrap_or(0.0);
     let json = report.json_floor.as_ref().map(|r| r.per_sec).unwrap_or(0.0);
-    let ratios =
-        Ratios { send_deliver_ack_vs_relay_floor: ratio(send, relay), bundle_fetch_vs_json_floor: ratio(fetch, json) };
+    let ratios = Ratios {
+        send_deliver_ack_vs_relay_floor: ratio(send, relay),
+        bundle_fetch_vs_json_floor: ratio(fetch, json),
+        two_instances_vs_one: ratio(report.cross_instance.as_ref().map(|r| r.msgs_per_sec).unwrap_or(0.0), send),
+    };
 
     let scale_out = backend == Backend::ScaleOut;
     let want = if scale_out { 0.45 } else { 0.5 };
@@ -1056,7 +1130,8 @@ fn print_backend(report: &BackendReport, ctx: &Ctx) {
         .chain(&report.sealed)
         .chain(&report.open)
         .chain(&report.relay_floor)
-        .chain(&report.relay_floor_one);
+        .chain(&report.relay_floor_one)
+        .chain(&report.cross_instance);
     for r in loops {
         let floor = if r.label.starts_with("relay floor") { "1".into() } else { opt(ratio(r.msgs_per_sec, relay), 2) };
         println!(
@@ -1125,6 +1200,9 @@ fn print_backend(report: &BackendReport, ctx: &Ctx) {
     if let (Some(start), Some(end)) = (report.server_rss_start_kb, report.server_rss_end_kb) {
         println!("server RSS: {:.1} MB at start, {:.1} MB at the end", start as f64 / 1024.0, end as f64 / 1024.0);
     }
+    if let Some(r) = report.ratios.as_ref().and_then(|r| r.two_instances_vs_one) {
+        println!("two instances (sender on one, recipient on the other) ÷ one instance, 64 pairs: {r:.2} ×");
+    }
     if let Some(g) = &report.group {
         println!(
             "{:<36} {:>9} {:>9} {:>8} {:>8} {:>8} {:>9} {:>9}",
@@ -1160,6 +1238,7 @@ fn print_backend(report: &BackendReport, ctx: &Ctx) {
         .chain(&report.open)
         .chain(&report.relay_floor)
         .chain(&report.relay_floor_one)
+        .chain(&report.cross_instance)
         .collect();
     println!("messages: {}", loss_summary(&loops, report.lost_never_arrived));
     println!("targets:");

@@ -1,6 +1,7 @@
 //! The client side: accounts with real keys over HTTP, the envelope body the senders PUT, and the
 //! WebSocket receivers that acknowledge every delivery and report it with its latency.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -12,7 +13,9 @@ use prost::Message as _;
 use sealpost::crypto::xeddsa::KeyPair;
 use sealpost::delivery::proto::{Envelope, WebSocketMessage, ws_type};
 use serde_json::{Value, json};
+use tokio::net::TcpSocket;
 use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -149,13 +152,33 @@ pub async fn set_access_key(http: &reqwest::Client, base: &str, account: &Accoun
 
 /// Opens a WebSocket (Nagle off on our side; small buffers so thousands of idle sockets stay cheap here).
 pub async fn connect(url: &str, bearer: Option<&str>) -> Result<Ws, String> {
+    connect_from(url, bearer, None).await
+}
+
+/// [`connect`] from a chosen local address: one address has only the ephemeral port range (about 28,000
+/// ports here) to connect from, so very many sockets to one server need several (`127.0.0.x` on loopback).
+pub async fn connect_from(url: &str, bearer: Option<&str>, source: Option<IpAddr>) -> Result<Ws, String> {
     let mut request = url.into_client_request().map_err(|e| format!("websocket request: {e}"))?;
     if let Some(token) = bearer {
         let value = format!("Bearer {token}").parse().map_err(|_| "token is not a header value".to_string())?;
         request.headers_mut().insert("authorization", value);
     }
     let config = WebSocketConfig::default().read_buffer_size(8 * 1024).write_buffer_size(0);
-    let (ws, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), true)
+    let Some(source) = source else {
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), true)
+            .await
+            .map_err(|e| format!("websocket {url}: {e}"))?;
+        return Ok(ws);
+    };
+    let uri = request.uri();
+    let target: SocketAddr = format!("{}:{}", uri.host().unwrap_or_default(), uri.port_u16().unwrap_or(80))
+        .parse()
+        .map_err(|e| format!("websocket {url}: not an address: {e}"))?;
+    let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
+    socket.bind(SocketAddr::new(source, 0)).map_err(|e| format!("bind {source}: {e}"))?;
+    let stream = socket.connect(target).await.map_err(|e| format!("connect from {source}: {e}"))?;
+    stream.set_nodelay(true).map_err(|e| format!("nodelay: {e}"))?;
+    let (ws, _) = tokio_tungstenite::client_async_with_config(request, MaybeTlsStream::Plain(stream), Some(config))
         .await
         .map_err(|e| format!("websocket {url}: {e}"))?;
     Ok(ws)
