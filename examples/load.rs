@@ -12,6 +12,8 @@
 
 #[path = "load/client.rs"]
 mod client;
+#[path = "load/fanout.rs"]
+mod fanout;
 #[path = "load/floors.rs"]
 mod floors;
 #[path = "load/groups.rs"]
@@ -84,6 +86,7 @@ struct Plan {
     storage: Duration,
     storage_max: u64,
     group: groups::GroupPlan,
+    fanout: fanout::FanoutPlan,
 }
 
 const PAIRS: usize = 64;
@@ -118,6 +121,7 @@ impl Plan {
                     group_concurrency: 2,
                     single_concurrency: 8,
                 },
+                fanout: fanout::FanoutPlan { recipients: 4, duration: s(0.3), concurrency: 4 },
             }
         } else {
             Plan {
@@ -142,6 +146,7 @@ impl Plan {
                     group_concurrency: 4,
                     single_concurrency: HTTP_CONCURRENCY,
                 },
+                fanout: fanout::FanoutPlan { recipients: 16, duration: s(4.0), concurrency: 16 },
             }
         }
     }
@@ -213,6 +218,7 @@ struct BackendReport {
     json_floor: Option<HttpLoadResult>,
     storage_floor: Option<StorageFloor>,
     group: Option<groups::GroupResult>,
+    fanout: Option<fanout::FanoutResult>,
     ratios: Option<Ratios>,
     targets: Vec<TargetCheck>,
     /// Missing figures, losses and errors: any of these fails the run.
@@ -518,6 +524,13 @@ async fn measure(ctx: &Ctx, server: &Server, report: &mut BackendReport) -> Resu
             Ok(result) => report.cross_instance = Some(result),
             Err(err) => report.failures.push(err),
         }
+    }
+
+    // Recipients with three devices each.
+    stage(backend, &format!("{}-device fan-out", fanout::DEVICES));
+    match fanout::measure(http, &server.base, &plan.fanout, &senders[0], &probe, services, next_phase()).await {
+        Ok(result) => report.fanout = Some(result),
+        Err(err) => report.failures.push(err),
     }
 
     // d. Bundle fetch with one-time-key claim.
@@ -1024,6 +1037,21 @@ fn check(report: &mut BackendReport, backend: Backend) {
         }
         None => failures.push("group send not measured".into()),
     }
+    match &report.fanout {
+        Some(f) if f.lossless() && f.latency.is_some() && f.server_cpu_us_per_msg.is_some() => {}
+        Some(f) => failures.push(format!(
+            "{}: sent {} expected {} delivered {} lost {} duplicates {} send errors {}{}",
+            f.label,
+            f.sent,
+            f.expected,
+            f.deliveries,
+            f.lost,
+            f.duplicates,
+            f.send_errors,
+            f.first_error.as_deref().map(|e| format!(" (first: {e})")).unwrap_or_default()
+        )),
+        None => failures.push("fan-out not measured".into()),
+    }
     if let Some(error) = &report.error
         && !failures.contains(error)
     {
@@ -1202,6 +1230,21 @@ fn print_backend(report: &BackendReport, ctx: &Ctx) {
     }
     if let Some(r) = report.ratios.as_ref().and_then(|r| r.two_instances_vs_one) {
         println!("two instances (sender on one, recipient on the other) ÷ one instance, 64 pairs: {r:.2} ×");
+    }
+    if let Some(f) = &report.fanout {
+        println!(
+            "{}: {} msg/s = {} deliveries/s, p50 {} µs, p99 {} µs, server CPU {} µs per message ({} per device), \
+             lost/dup {}/{}",
+            f.label,
+            num(f.msgs_per_sec),
+            num(f.deliveries_per_sec),
+            opt(f.latency.map(|l| l.p50_us), 0),
+            opt(f.latency.map(|l| l.p99_us), 0),
+            opt(f.server_cpu_us_per_msg, 1),
+            opt(f.server_cpu_us_per_delivery, 1),
+            f.lost,
+            f.duplicates
+        );
     }
     if let Some(g) = &report.group {
         println!(

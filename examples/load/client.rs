@@ -136,6 +136,42 @@ pub async fn upload_keys(http: &reqwest::Client, base: &str, account: &Account, 
     expect(response, 204, "key upload").await.map(drop)
 }
 
+/// Links a new device to `primary`'s account the way a client does (link code from the primary, then
+/// `PUT /v1/devices/link` with keys signed by the account's identity key) and logs it in. The returned
+/// account is that device: same aci, its own token and registration id.
+pub async fn link_device(http: &reqwest::Client, base: &str, primary: &Account) -> Result<(Account, u32), String> {
+    let response = http
+        .get(format!("{base}/v1/devices/provisioning/code"))
+        .bearer_auth(&primary.token)
+        .send()
+        .await
+        .map_err(|e| format!("link code: {e}"))?;
+    let code = field(&expect(response, 200, "link code").await?, "verificationCode", "link code")?;
+    let secret: [u8; 32] = sealpost::crypto::random_bytes();
+    let registration_id = 1 + (u16::from_be_bytes(sealpost::crypto::random_bytes()) % 16380);
+    let body = json!({
+        "verificationCode": code,
+        "deviceSecret": B64.encode(secret),
+        "registrationId": registration_id,
+        "signedPreKey": signed_ec(&primary.identity, 1),
+        "pqLastResortPreKey": signed_kem(&primary.identity, LAST_RESORT_KEY_ID as u32),
+    });
+    let response =
+        http.put(format!("{base}/v1/devices/link")).json(&body).send().await.map_err(|e| format!("link: {e}"))?;
+    let linked: Value = serde_json::from_slice(&expect(response, 200, "link").await?).map_err(|e| e.to_string())?;
+    let device_id = linked["deviceId"].as_u64().ok_or("link: no deviceId")? as u32;
+    let basic = B64.encode(format!("{}.{device_id}:{}", primary.aci, B64.encode(secret)));
+    let response = http
+        .post(format!("{base}/v1/auth/token"))
+        .header("authorization", format!("Basic {basic}"))
+        .send()
+        .await
+        .map_err(|e| format!("token: {e}"))?;
+    let token = field(&expect(response, 200, "token").await?, "token", "token")?;
+    let device = Account { aci: primary.aci.clone(), token, registration_id, identity: primary.identity.clone() };
+    Ok((device, device_id))
+}
+
 /// Gives `account` a random unidentified-access key (`PUT /v1/accounts/me/attributes`); returns it in base64.
 pub async fn set_access_key(http: &reqwest::Client, base: &str, account: &Account) -> Result<String, String> {
     let key = B64.encode(sealpost::crypto::random_bytes::<16>());

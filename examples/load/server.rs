@@ -167,6 +167,8 @@ async fn start_instance(
         .env("SEALPOST_LIMIT_PREKEY_FETCH_PER_REQUESTER_TARGET", NO_LIMIT)
         .env("SEALPOST_LIMIT_MESSAGES_PER_SENDER_RECIPIENT", NO_LIMIT)
         .env("SEALPOST_LIMIT_MULTI_RECIPIENT_PER_IP", NO_LIMIT)
+        .env("SEALPOST_LIMIT_LINK_CODES_PER_ACCOUNT", NO_LIMIT)
+        .env("SEALPOST_LIMIT_LINK_PER_IP", NO_LIMIT)
         .env("SEALPOST_MAX_QUEUE_LEN", "1000000")
         // Every client of the tool connects from loopback: one address holds all the idle sockets.
         .env("SEALPOST_MAX_CONNECTIONS_PER_IP", "1000000")
