@@ -14,6 +14,7 @@ mod hardening;
 mod jobs;
 mod keys;
 mod linking;
+mod live;
 mod messages;
 mod operations;
 mod outages;
