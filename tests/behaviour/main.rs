@@ -21,3 +21,4 @@ mod processes;
 mod push;
 mod push_contract;
 mod socket;
+mod upkeep;
