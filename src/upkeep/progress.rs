@@ -37,6 +37,15 @@ impl Progress {
         let _ = err.flush();
     }
 
+    /// Ends a step that the following lines summarise: clears the bar, prints nothing.
+    pub fn end(self) {
+        if self.bar {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r\x1b[K");
+            let _ = err.flush();
+        }
+    }
+
     /// Ends the step with its line: how many the export held, how many were written, how many were there.
     pub fn finish(self, imported: Imported) {
         let mut err = std::io::stderr().lock();

@@ -119,7 +119,7 @@ async fn import_into(
         }
         after = page.last().copied();
     }
-    progress.finish(Imported { new: devices, existing: 0 });
+    progress.end();
     Progress::start("one-time prekeys", pools.new + pools.existing).finish(pools);
     Progress::start("envelopes", envelopes.new + envelopes.existing).finish(envelopes);
     summary.steps.push(("one-time prekeys", pools));

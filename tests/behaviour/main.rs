@@ -15,6 +15,7 @@ mod jobs;
 mod keys;
 mod linking;
 mod messages;
+mod moving;
 mod operations;
 mod outages;
 mod processes;

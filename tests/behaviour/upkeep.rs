@@ -22,7 +22,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_sealpost");
 both_backends!(stats_count_what_the_api_filled);
 
 /// The settings a CLI run needs to see the same stores as the test server with `config`.
-fn cli_envs(config: &Config) -> Vec<(&'static str, String)> {
+pub fn cli_envs(config: &Config) -> Vec<(&'static str, String)> {
     let mut envs = vec![("SEALPOST_DATA_DIR", config.data_dir.display().to_string())];
     let optional = [
         ("SEALPOST_DATABASE_URL", config.database_url.clone()),
@@ -37,7 +37,7 @@ fn cli_envs(config: &Config) -> Vec<(&'static str, String)> {
 }
 
 /// Runs the binary; returns whether it succeeded and everything it printed.
-async fn cli(args: &[&str], envs: &[(&str, String)]) -> (bool, String) {
+pub async fn cli(args: &[&str], envs: &[(&str, String)]) -> (bool, String) {
     let mut command = Command::new(BIN);
     command.args(args).env_clear().env("SEALPOST_LOG_FORMAT", "text");
     for (key, value) in envs {
@@ -53,7 +53,7 @@ fn mode(path: &Path) -> u32 {
 }
 
 /// Every envelope queued for `user` (content → times seen), acknowledging each, until the queue is empty.
-async fn drain(base: &str, user: &User) -> HashMap<Vec<u8>, usize> {
+pub async fn drain(base: &str, user: &User) -> HashMap<Vec<u8>, usize> {
     let mut socket = Socket::connect(base, &user.token).await;
     let mut seen = HashMap::new();
     loop {
@@ -75,6 +75,9 @@ async fn drain(base: &str, user: &User) -> HashMap<Vec<u8>, usize> {
     seen
 }
 
+/// An envelope's content and when its send was acknowledged.
+type Acknowledged = (Vec<u8>, Instant);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_under_write_load_restores_every_acknowledged_envelope() {
     let config = test_config(Backend::Embedded);
@@ -83,7 +86,7 @@ async fn a_backup_under_write_load_restores_every_acknowledged_envelope() {
     let alice = ready_user(&server).await;
 
     // A writer sends envelopes one after another and notes when each send was acknowledged.
-    let acknowledged: Arc<Mutex<Vec<(Vec<u8>, Instant)>>> = Arc::default();
+    let acknowledged: Arc<Mutex<Vec<Acknowledged>>> = Arc::default();
     let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let writer = {
         let (acknowledged, running) = (acknowledged.clone(), running.clone());
@@ -160,13 +163,6 @@ async fn a_backup_under_write_load_restores_every_acknowledged_envelope() {
     eprintln!("restored server served {} envelopes ({} acknowledged before the backup)", served.len(), before.len());
     server.stop().await;
     let _ = std::fs::remove_dir_all(dir);
-}
-
-/// Sends one envelope to every device of `to` (the device set must be whole).
-async fn send_to_all(server: &TestServer, from: &User, to: &[User], content: &[u8]) {
-    let messages: Vec<Value> = to.iter().map(|device| message(device, 1, content)).collect();
-    let path = format!("/v1/messages/{}", to[0].aci);
-    server.put(&path, from.bearer(), json!({"messages": messages, "timestamp": 1})).await.expect(200);
 }
 
 async fn stats_count_what_the_api_filled(backend: Backend) {

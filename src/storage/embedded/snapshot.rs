@@ -42,6 +42,9 @@ pub async fn copy_database(database_url: &str, dest: &Path) -> StoreResult<()> {
     Ok(())
 }
 
+/// A `one_time_keys` row: kind, key id, public key, signature (Kyber keys only).
+type PoolRow = (i64, i64, Vec<u8>, Option<Vec<u8>>);
+
 /// An exported copy of the embedded database, open for reading.
 pub struct Snapshot {
     conn: SqliteConnection,
@@ -114,7 +117,7 @@ impl Snapshot {
 
     /// The device's one-time prekeys and its envelopes still live at `now`, oldest first.
     pub async fn device_ephemera(&mut self, aci: Aci, device: DeviceId, now: i64) -> StoreResult<DeviceEphemera> {
-        let keys: Vec<(i64, i64, Vec<u8>, Option<Vec<u8>>)> = sqlx::query_as(
+        let keys: Vec<PoolRow> = sqlx::query_as(
             "SELECT kind, key_id, public_key, signature FROM one_time_keys
              WHERE aci = ? AND device_id = ? ORDER BY kind, rowid",
         )
