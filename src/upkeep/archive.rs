@@ -280,3 +280,20 @@ fn write_private(path: &Path, data: &mut impl Read) -> Result<u64, UpkeepError> 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restore_writes_only_names_of_the_layout() {
+        let config = Config { data_dir: PathBuf::from("/srv/data"), ..Config::default() };
+        let database = Path::new("/srv/data/sealpost.db");
+        assert_eq!(target(&config, database, "sealpost.db").as_deref(), Some(database));
+        assert_eq!(target(&config, database, "keys/trust_root.key"), Some(PathBuf::from("/srv/data/trust_root.key")));
+        assert_eq!(target(&config, database, "attachments/ab/cd"), Some(PathBuf::from("/srv/data/attachments/ab/cd")));
+        for outside in ["keys/other.key", "attachments/../sealpost.db", "attachments/", "/etc/passwd", "x", "../x"] {
+            assert_eq!(target(&config, database, outside), None, "{outside}");
+        }
+    }
+}

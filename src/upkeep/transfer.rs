@@ -52,6 +52,9 @@ pub struct ImportSummary {
 /// Imports `file` into the configured scale-out stores; with `attachments`, copies the objects the
 /// export's attachments name from that directory into the configured object store.
 pub async fn import(config: &Config, file: &Path, attachments: Option<&Path>) -> Result<ImportSummary, UpkeepError> {
+    if !matches!(config.backend(), crate::config::Backend::ScaleOut { .. }) {
+        return Err(not_scale_out());
+    }
     let mut snapshot = Snapshot::open(file).await?;
     let tasks = Tasks::default();
     let storage = Storage::connect(config, &tasks).await?;
@@ -66,13 +69,7 @@ async fn import_into(
     snapshot: &mut Snapshot,
     attachments: Option<&Path>,
 ) -> Result<ImportSummary, UpkeepError> {
-    let Some(importers) = storage.import.clone() else {
-        return Err(UpkeepError::Refused(
-            "import writes into a scale-out deployment: set SEALPOST_DATABASE_URL (postgres://) and \
-             SEALPOST_REDIS_URL"
-                .into(),
-        ));
-    };
+    let Some(importers) = storage.import.clone() else { return Err(not_scale_out()) };
     let mut summary = ImportSummary::default();
     let mut objects = Vec::new();
     for table in DURABLE_TABLES {
@@ -131,6 +128,12 @@ async fn import_into(
         for name in &objects {
             let path = dir.join(name);
             let plain = Path::new(name).components().all(|c| matches!(c, std::path::Component::Normal(_)));
+            // Already copied by an earlier run: the store answers for its first byte.
+            if storage.blobs.get(name, 0..1).await.is_ok() {
+                copied.existing += 1;
+                progress.advance(1);
+                continue;
+            }
             let bytes = if plain { fs::read(&path).ok() } else { None };
             match bytes {
                 Some(bytes) => {
@@ -149,4 +152,11 @@ async fn import_into(
         summary.steps.push(("attachment objects", copied));
     }
     Ok(summary)
+}
+
+fn not_scale_out() -> UpkeepError {
+    UpkeepError::Refused(
+        "import writes into a scale-out deployment: set SEALPOST_DATABASE_URL (postgres://) and SEALPOST_REDIS_URL"
+            .into(),
+    )
 }

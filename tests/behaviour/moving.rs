@@ -62,6 +62,8 @@ async fn an_embedded_deployment_moves_to_scale_out_whole() {
         }
     }
     server.post("/v1/contact-tokens", accounts[0][0].bearer(), json!({})).await.expect(201);
+    let attachment: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+    let attachment_id = upload(&server, &accounts[1][0], &attachment).await;
     sealpost::accounts::service::create_invite(&server.app.storage, 3600).await.expect("invite");
     let before = stats(&embedded).await;
 
@@ -79,10 +81,13 @@ async fn an_embedded_deployment_moves_to_scale_out_whole() {
     {
         std::fs::copy(embedded.data_dir.join(name), scale.data_dir.join(name)).expect("copy key");
     }
+    let objects = dir.join("attachments");
+    copy_tree(&embedded.data_dir.join("attachments"), &objects);
     server.stop().await;
 
     let started = std::time::Instant::now();
-    let (ok, first) = cli(&["import", export.to_str().expect("path")], &cli_envs(&scale)).await;
+    let import = ["import", export.to_str().expect("path"), "--attachments-dir", objects.to_str().expect("path")];
+    let (ok, first) = cli(&import, &cli_envs(&scale)).await;
     assert!(ok, "{first}");
     eprintln!("first import in {} ms:\n{first}", started.elapsed().as_millis());
     assert_eq!(step(&first, "accounts"), (3, 3, 0));
@@ -92,21 +97,40 @@ async fn an_embedded_deployment_moves_to_scale_out_whole() {
     assert_eq!(step(&first, "invites"), (1, 1, 0));
     assert_eq!(step(&first, "one-time prekeys"), (36, 36, 0));
     assert_eq!(step(&first, "envelopes"), (24, 24, 0));
+    assert_eq!(step(&first, "attachments"), (1, 1, 0));
+    let (parts, _, _) = step(&first, "attachment_parts");
+    assert!(parts >= 1);
+    assert_eq!(step(&first, "attachment objects"), (parts, parts, 0));
     let after_first = stats(&scale).await;
     assert_eq!(after_first, before, "scale-out counts what embedded held");
 
     let started = std::time::Instant::now();
-    let (ok, second) = cli(&["import", export.to_str().expect("path")], &cli_envs(&scale)).await;
+    let (ok, second) = cli(&import, &cli_envs(&scale)).await;
     assert!(ok, "{second}");
     eprintln!("second import in {} ms:\n{second}", started.elapsed().as_millis());
-    for label in ["accounts", "devices", "signed_keys", "contact_tokens", "invites", "one-time prekeys", "envelopes"] {
+    let labels = ["accounts", "devices", "signed_keys", "contact_tokens", "invites", "one-time prekeys", "envelopes"];
+    for label in labels.into_iter().chain(["attachments", "attachment_parts", "attachment objects"]) {
         let (total, new, existing) = step(&second, label);
         assert_eq!((new, existing), (0, total), "{label}: nothing written twice");
     }
     assert_eq!(stats(&scale).await, after_first, "the second import changed nothing");
+    assert!(second.contains("import done: 0 records written"), "{second}");
+
+    // Refused, with a clear word and nothing written: an embedded target, a file that is no export.
+    let (ok, out) = cli(&import, &cli_envs(&test_config(Backend::Embedded))).await;
+    assert!(!ok && out.contains("scale-out"), "{out}");
+    std::fs::write(dir.join("junk.db"), b"not a database").expect("write");
+    let (ok, out) = cli(&["import", dir.join("junk.db").to_str().expect("path")], &cli_envs(&scale)).await;
+    assert!(!ok && out.contains("not a sealpost export") && !out.contains("panicked"), "{out}");
+    let (ok, out) = cli(&["export", export.to_str().expect("path")], &cli_envs(&embedded)).await;
+    assert!(!ok && out.contains("exists already"), "{out}");
 
     let server = start_config(scale).await;
     let requester = server.register().await;
+    let downloaded = server.http.get(format!("{}/v1/attachments/{attachment_id}", server.base)).send().await;
+    let downloaded = downloaded.expect("download");
+    assert_eq!(downloaded.status(), 200);
+    assert_eq!(downloaded.bytes().await.expect("bytes").to_vec(), attachment, "the attachment came along");
     for devices in &accounts {
         for device in devices {
             // The old token (signed by the embedded server) and the old device secret both work.
@@ -136,4 +160,38 @@ async fn an_embedded_deployment_moves_to_scale_out_whole() {
     }
     server.stop().await;
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Uploads `bytes` as one attachment (tus: create, then one PATCH); returns its id.
+async fn upload(server: &TestServer, user: &User, bytes: &[u8]) -> String {
+    let body = server.post("/v1/attachments", user.bearer(), json!({"length": bytes.len()})).await.expect(201);
+    let id = body["id"].as_str().expect("id").to_owned();
+    let credential = body["uploadCredential"].as_str().expect("credential").to_owned();
+    let patched = server
+        .http
+        .patch(format!("{}/v1/attachments/{id}/upload", server.base))
+        .header("tus-resumable", "1.0.0")
+        .header("upload-credential", credential)
+        .header("content-type", "application/offset+octet-stream")
+        .header("upload-offset", "0")
+        .body(bytes.to_vec())
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(patched.status(), 204);
+    id
+}
+
+/// Copies every file under `from` to the same place under `to`.
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("dir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
 }

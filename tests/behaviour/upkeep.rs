@@ -33,6 +33,14 @@ pub fn cli_envs(config: &Config) -> Vec<(&'static str, String)> {
     if config.redis_url.is_some() {
         envs.push(("SEALPOST_REDIS_KEY_PREFIX", config.redis_key_prefix.clone()));
     }
+    let s3 = [
+        ("SEALPOST_S3_ENDPOINT", &config.s3_endpoint),
+        ("SEALPOST_S3_BUCKET", &config.s3_bucket),
+        ("SEALPOST_S3_PREFIX", &config.s3_prefix),
+        ("SEALPOST_S3_ACCESS_KEY_ID", &config.s3_access_key_id),
+        ("SEALPOST_S3_SECRET_ACCESS_KEY", &config.s3_secret_access_key),
+    ];
+    envs.extend(s3.into_iter().filter_map(|(k, v)| v.clone().map(|v| (k, v))));
     envs
 }
 
