@@ -29,6 +29,7 @@ pub mod shutdown;
 pub mod state;
 pub mod storage;
 pub mod telemetry;
+pub mod upkeep;
 
 use std::future::Future;
 use std::sync::Arc;
