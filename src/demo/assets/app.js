@@ -58,7 +58,8 @@ function fail(err) {
 function describe(err) {
   if (err instanceof ApiError) {
     if (err.code === 'rate_limited') {
-      return `Too many attempts from this address: try again in ${err.retryAfter ?? 'a few'} seconds.`;
+      const wait = err.retryAfter === 1 ? '1 second' : `${err.retryAfter ?? 'a few'} seconds`;
+      return `Too many attempts from this address: try again in ${wait}.`;
     }
     if (err.code === 'unavailable') return 'The server cannot reach its storage right now; try again shortly.';
     return `The server refused the request: ${err.message} (${err.code}).`;
@@ -69,17 +70,17 @@ function describe(err) {
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
-/** Seals a signaling message and sends it to the peer's device. */
-async function send(type, extra = {}) {
+/** Seals a signaling message of the current call (or of `to` and `id`) and sends it to that device. */
+async function send(type, extra = {}, to = peer, id = callId) {
   const from = { aci: me.aci, deviceId: me.deviceId, registrationId: me.registrationId };
-  const box = await seal(peer.key, { type, callId, from, ...extra });
-  const content = encoder.encode(JSON.stringify({ session: peer.session, box: b64(box) }));
-  const path = `/v1/messages/${peer.aci}`;
-  if (type === 'offer' && peer.contactToken) {
-    const json = sendBody(peer.device, ENVELOPE_SEALED_SENDER, content, TTL_SECONDS[type]);
-    await api('PUT', path, { json, headers: { 'contact-token': peer.contactToken } });
+  const box = await seal(to.key, { type, callId: id, from, ...extra });
+  const content = encoder.encode(JSON.stringify({ session: to.session, box: b64(box) }));
+  const path = `/v1/messages/${to.aci}`;
+  if (type === 'offer' && to.contactToken) {
+    const json = sendBody(to.device, ENVELOPE_SEALED_SENDER, content, TTL_SECONDS[type]);
+    await api('PUT', path, { json, headers: { 'contact-token': to.contactToken } });
   } else {
-    await me.call('PUT', path, { json: sendBody(peer.device, ENVELOPE_CIPHERTEXT, content, TTL_SECONDS[type]) });
+    await me.call('PUT', path, { json: sendBody(to.device, ENVELOPE_CIPHERTEXT, content, TTL_SECONDS[type]) });
   }
 }
 
@@ -155,14 +156,7 @@ function ownerReceives(message, session, key) {
   const sender = { aci: message.from.aci, device: { deviceId: message.from.deviceId, registrationId: message.from.registrationId }, session, key };
   if (message.type === 'offer') {
     if (callId !== null && callId !== message.callId) {
-      const busyPeer = peer;
-      const busyId = callId;
-      peer = sender;
-      callId = message.callId;
-      send('busy').finally(() => {
-        peer = busyPeer;
-        callId = busyId;
-      });
+      send('busy', {}, sender, message.callId).catch((err) => console.warn('busy not sent', err));
       return;
     }
     peer = sender;

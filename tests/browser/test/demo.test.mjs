@@ -4,7 +4,7 @@
 // - The caller reaches the owner through the link in the owner's QR code, decoded from a screenshot.
 // - Both reach ICE "connected" and their getStats inbound counters grow; hanging up ends both sides.
 // - Again with iceTransportPolicy "relay": media only through coturn, with sealpost's TURN credentials.
-// - A revoked link shows the error in words.
+// - A revoked link, a missing camera and a rate limit show their errors in words.
 //
 // Screenshots go to SEALPOST_DEMO_ARTIFACTS (default <repo>/target/demo-artifacts).
 
@@ -237,6 +237,42 @@ describe('the /demo/ page in headless Chromium', () => {
     await caller.screenshot({ path: join(ARTIFACTS, 'revoked-caller.png') });
     await owner.context().close();
     await caller.context().close();
+    assert.deepEqual(problems, []);
+  });
+
+  // Last: it spends this address's contact resolutions.
+  test('no camera and a rate limit are said in words', async () => {
+    const owner = await openPage(browser, `${server.baseUrl}/demo/`, problems);
+    await stateIs(owner, 'waiting');
+    const link = await owner.textContent('#link');
+
+    // A caller whose device has no camera: getUserMedia fails as it does there.
+    const cameraless = await browser.newContext();
+    await cameraless.addInitScript(() => {
+      navigator.mediaDevices.getUserMedia = () => Promise.reject(new DOMException('no device', 'NotFoundError'));
+    });
+    const caller = await cameraless.newPage();
+    await caller.goto(link);
+    await stateIs(caller, 'ready');
+    await caller.click('#call');
+    await stateIs(caller, 'ended');
+    assert.match(await caller.textContent('#status'), /No camera or microphone was found/);
+    await cameraless.close();
+
+    // Resolutions from this address until the server refuses them (60 a minute by default).
+    const token = new URL(link).hash.slice('#t='.length);
+    for (let i = 0; i < 100; i++) {
+      const res = await fetch(`${server.baseUrl}/v1/contact/${token}`);
+      await res.arrayBuffer();
+      if (res.status === 429) break;
+      assert.equal(res.status, 200);
+    }
+    const limited = await openPage(browser, link, problems);
+    await stateIs(limited, 'error');
+    assert.match(await limited.textContent('#error'), /Too many attempts from this address: try again in \d+ seconds?\./);
+    await limited.screenshot({ path: join(ARTIFACTS, 'rate-limited-caller.png') });
+    await limited.context().close();
+    await owner.context().close();
     assert.deepEqual(problems, []);
   });
 });
