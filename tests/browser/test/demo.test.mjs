@@ -133,6 +133,9 @@ describe('the /demo/ page in headless Chromium', () => {
       extraEnv: {
         SEALPOST_TURN_SECRET_FILE: join(secretDir, 'turn_secret'),
         SEALPOST_TURN_URLS: `turn:127.0.0.1:${coturn.port}?transport=udp`,
+        // Enough contact resolutions for every test, refilled too slowly (one in two minutes) for the
+        // rate-limit test to race a refill.
+        SEALPOST_LIMIT_CONTACT_RESOLVE_PER_IP: '30/1h',
       },
     });
     browser = await chromium.launch({
@@ -259,7 +262,7 @@ describe('the /demo/ page in headless Chromium', () => {
     assert.match(await caller.textContent('#status'), /No camera or microphone was found/);
     await cameraless.close();
 
-    // Resolutions from this address until the server refuses them (60 a minute by default).
+    // Resolutions from this address until the server refuses them.
     const token = new URL(link).hash.slice('#t='.length);
     for (let i = 0; i < 100; i++) {
       const res = await fetch(`${server.baseUrl}/v1/contact/${token}`);
