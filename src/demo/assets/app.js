@@ -35,8 +35,8 @@ let connectedAt = 0;
 let clock = null;
 let lastStats = null;
 
-/** What tests and curious people can read: the state, the ICE state and the getStats counters. */
-window.sealpostDemo = { role, relayOnly, stats: () => call?.stats ?? lastStats };
+/** What tests and curious people can read (the state and ICE state are on <body>): getStats counters, our account. */
+window.sealpostDemo = { role, relayOnly, stats: () => call?.stats ?? lastStats, aci: () => me?.aci };
 
 function show(state, text) {
   document.body.dataset.state = state;

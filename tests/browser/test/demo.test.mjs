@@ -194,6 +194,12 @@ describe('the /demo/ page in headless Chromium', () => {
     await caller.click('#hangup');
     await Promise.all([stateIs(caller, 'ended'), stateIs(owner, 'ended')]);
     assert.match(await owner.textContent('#status'), /hung up/);
+    // Neither the contact token nor an account of the call reached the server's logs.
+    const token = new URL(link).hash.slice('#t='.length);
+    const accounts = await Promise.all([owner, caller].map((p) => p.evaluate(() => window.sealpostDemo.aci())));
+    for (const secret of [token, ...accounts]) {
+      assert.ok(secret && !server.output().includes(secret), `the server's log holds ${secret}`);
+    }
     await owner.context().close();
     await caller.context().close();
     assert.deepEqual(problems, []);
