@@ -84,6 +84,9 @@ async function send(type, extra = {}, to = peer, id = callId) {
   }
 }
 
+/** "m:ss" of a duration in seconds. */
+const minutes = (seconds) => `${Math.floor(seconds / 60)}:${String(seconds % 60).padStart(2, '0')}`;
+
 function startCall(stream, servers) {
   const view = { remote: $('remote'), local: $('local'), meter: $('meter') };
   call = new Call({ iceServers: servers, relayOnly, stream, view, onIce });
@@ -97,7 +100,7 @@ function onIce(state) {
     show('in-call', 'In call 0:00');
     clock = setInterval(() => {
       const seconds = Math.floor((Date.now() - connectedAt) / 1000);
-      $('status').textContent = `In call ${Math.floor(seconds / 60)}:${String(seconds % 60).padStart(2, '0')}`;
+      $('status').textContent = `In call ${minutes(seconds)}`;
     }, 1000);
   } else if (state === 'failed') {
     send('hangup').catch(() => {});
@@ -116,7 +119,7 @@ function end(text) {
   clearInterval(clock);
   const seconds = connectedAt ? Math.floor((Date.now() - connectedAt) / 1000) : null;
   connectedAt = 0;
-  show('ended', seconds === null ? text : `${text} (${Math.floor(seconds / 60)}:${String(seconds % 60).padStart(2, '0')})`);
+  show('ended', seconds === null ? text : `${text} (${minutes(seconds)})`);
 }
 
 async function hangUp() {
@@ -155,7 +158,8 @@ async function startOwner() {
 function ownerReceives(message, session, key) {
   const sender = { aci: message.from.aci, device: { deviceId: message.from.deviceId, registrationId: message.from.registrationId }, session, key };
   if (message.type === 'offer') {
-    if (callId !== null && callId !== message.callId) {
+    if (message.callId === callId) return; // a duplicate: a send retried after a 503 can arrive twice
+    if (callId !== null) {
       send('busy', {}, sender, message.callId).catch((err) => console.warn('busy not sent', err));
       return;
     }
@@ -241,8 +245,9 @@ async function placeCall() {
 async function callerReceives(message) {
   if (message.callId !== callId || !call) return;
   if (message.type === 'answer') {
+    if (call.pc.signalingState !== 'have-local-offer') return; // a duplicate of the answer we already have
     show('connecting', 'Connecting…');
-    await call.accept(message.sdp);
+    await call.accept(message.sdp).catch((err) => hangUp().then(() => show('ended', describe(err))));
   } else if (message.type === 'reject') {
     end('The call was declined.');
   } else if (message.type === 'busy') {
