@@ -11,7 +11,7 @@
 
 import { ApiError, api, b64, iceServers, newAccount, sendBody, unb64 } from './api.js';
 import { Call, localMedia } from './call.js';
-import { newAgreementKey, open, seal, sessionKey } from './crypto.js';
+import { newAgreementKey, open, seal, sessionKey, verifyXeddsa } from './crypto.js';
 import { drawQr } from './qr.js';
 import { openDeliverySocket } from './wire.js';
 
@@ -209,12 +209,16 @@ async function startCaller() {
   const bundle = await api('GET', `/v1/keys/${contact.aci}/1`, { headers: { 'contact-token': contactToken } });
   if (bundle.identityKey !== contact.identityKey) throw new Error("The contact's identity key changed on the way.");
   const device = bundle.devices[0];
+  const signed = device.signedPreKey;
+  if (!(await verifyXeddsa(unb64(contact.identityKey), unb64(signed.publicKey), unb64(signed.signature)))) {
+    throw new Error("The contact's key is not signed by its identity: refusing to call.");
+  }
   const ours = await newAgreementKey();
   peer = {
     aci: contact.aci,
     device: { deviceId: device.deviceId, registrationId: device.registrationId },
     session: b64(ours.publicKey),
-    key: await sessionKey(ours.privateKey, unb64(device.signedPreKey.publicKey)),
+    key: await sessionKey(ours.privateKey, unb64(signed.publicKey)),
     contactToken,
   };
   await openDeliverySocket(me.token, async ({ content }) => {

@@ -7,7 +7,7 @@
 //
 // DEMO ENCRYPTION, NOT THE SIGNAL PROTOCOL: signaling messages are sealed with AES-256-GCM under a key from
 // X25519 between the caller's fresh key and the owner's signed prekey (HKDF-SHA-256). There is no ratchet,
-// no forward secrecy beyond the caller's fresh key, and the caller does not check the prekey's signature.
+// no forward secrecy beyond the caller's fresh key, and the owner's identity key is whatever the server said.
 // Real clients use libsignal (PQXDH, Double Ratchet, sealed sender), which has no browser build.
 
 const P = 2n ** 255n - 19n;
@@ -45,6 +45,25 @@ export const concat = (...parts) => {
   return out;
 };
 export const random = (n) => crypto.getRandomValues(new Uint8Array(n));
+
+/**
+ * Checks an XEdDSA signature by a 33-byte identity key over `message`: the Edwards point with the u-coordinate's
+ * y = (u − 1) / (u + 1) and the signature's sign bit, then plain Ed25519 verification.
+ */
+export async function verifyXeddsa(identityKey33, message, signature) {
+  const u = toBigInt(identityKey33.subarray(1));
+  const y = (((u - 1n + P) % P) * modPow(u + 1n, P - 2n)) % P;
+  const edwards = fromBigInt(y);
+  edwards[31] |= signature[63] & 0x80;
+  const plain = Uint8Array.from(signature);
+  plain[63] &= 0x7f;
+  try {
+    const key = await crypto.subtle.importKey('raw', edwards, { name: 'Ed25519' }, false, ['verify']);
+    return await crypto.subtle.verify({ name: 'Ed25519' }, key, plain, message);
+  } catch {
+    return false; // not a point on the curve
+  }
+}
 
 /** An identity: `publicKey` (33 bytes, 0x05 ‖ u) and `sign(bytes)`, an XEdDSA-compatible signature. */
 export async function newIdentity() {
