@@ -13,6 +13,7 @@ pub mod config;
 pub mod contacts;
 pub mod crypto;
 pub mod delivery;
+pub mod demo;
 pub mod directory;
 pub mod domain;
 pub mod error;

@@ -8,6 +8,7 @@ mod authz;
 mod calls;
 mod contacts;
 mod contract;
+mod demo;
 mod garbage;
 mod groups;
 mod hardening;
