@@ -181,10 +181,17 @@ impl BusEvent {
             BusEvent::Ephemeral(bytes) => [&[1u8][..], bytes].concat(),
             BusEvent::Displace(id) => [&[2u8][..], &id.to_be_bytes()].concat(),
             BusEvent::Revoke => vec![3],
-            BusEvent::Queued(item) => {
-                [&[4u8][..], &item.seq.to_be_bytes(), &item.guid, &item.expires_at.to_be_bytes(), &item.envelope]
-                    .concat()
-            }
+            // The queue position in decimal, then what a Redis queue member holds, so that the push script
+            // can publish the very same event.
+            BusEvent::Queued(item) => [
+                &[4u8][..],
+                item.seq.to_string().as_bytes(),
+                b":",
+                &item.expires_at.to_be_bytes(),
+                &item.guid,
+                &item.envelope,
+            ]
+            .concat(),
         }
     }
 
@@ -194,12 +201,20 @@ impl BusEvent {
             (1, rest) => Some(BusEvent::Ephemeral(rest.to_vec())),
             (2, rest) => Some(BusEvent::Displace(u64::from_be_bytes(rest.try_into().ok()?))),
             (3, []) => Some(BusEvent::Revoke),
-            (4, rest) if rest.len() >= 32 => Some(BusEvent::Queued(Box::new(QueuedEnvelope {
-                seq: u64::from_be_bytes(rest[..8].try_into().ok()?),
-                guid: rest[8..24].try_into().ok()?,
-                expires_at: i64::from_be_bytes(rest[24..32].try_into().ok()?),
-                envelope: rest[32..].to_vec(),
-            }))),
+            (4, rest) => {
+                let colon = rest.iter().position(|&b| b == b':')?;
+                let seq = std::str::from_utf8(&rest[..colon]).ok()?.parse().ok()?;
+                let member = &rest[colon + 1..];
+                if member.len() < 24 {
+                    return None;
+                }
+                Some(BusEvent::Queued(Box::new(QueuedEnvelope {
+                    seq,
+                    expires_at: i64::from_be_bytes(member[..8].try_into().ok()?),
+                    guid: member[8..24].try_into().ok()?,
+                    envelope: member[24..].to_vec(),
+                })))
+            }
             _ => None,
         }
     }

@@ -28,7 +28,7 @@ use crate::storage::redis::bytes_of;
 use crate::storage::redis::keys::Keys;
 use crate::storage::redis::limits::bucket_args;
 use crate::storage::{
-    BusEvent, MessageQueue, NewEnvelope, PushOutcome, QueuedEnvelope, RateBucket, Recipient, StoreError, StoreResult,
+    MessageQueue, NewEnvelope, PushOutcome, QueuedEnvelope, RateBucket, Recipient, StoreError, StoreResult,
 };
 
 /// How long an account's sequence counter outlives its last push: longer than any envelope can live, so a
@@ -105,7 +105,6 @@ impl MessageQueue for RedisQueue {
             args.push(Value::Bytes(item.guid.to_vec().into()));
             args.push(self.keys.device_channel(aci, recipient.device).into());
         }
-        args.push(Value::Bytes(BusEvent::Wake.encode().into()));
         let reply: Vec<i64> = self.push.evalsha_with_reload(self.pool.next_connected(), keys, args).await?;
         match reply.as_slice() {
             [0, _] => Ok(PushOutcome::Queued),
