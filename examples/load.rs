@@ -7,13 +7,17 @@
 //!
 //! Per backend it reports send → WebSocket delivery → ack (closed loop with 1, 16 and 64 pairs; open loop at
 //! 10% and 50% of the 64-pair maximum), idle authenticated WebSockets (RSS per socket), prekey bundle fetch
-//! with one-time-key claim, and the floors: an in-process axum WebSocket relay without storage, an axum JSON
+//! with one-time-key claim, a group send to 100 recipients against 100 single sealed sends, and the floors: an in-process axum WebSocket relay without storage, an axum JSON
 //! endpoint, and the raw storage cost per message. See docs/benchmarks.md.
 
 #[path = "load/client.rs"]
 mod client;
+#[path = "load/fanout.rs"]
+mod fanout;
 #[path = "load/floors.rs"]
 mod floors;
+#[path = "load/groups.rs"]
+mod groups;
 #[path = "load/harness.rs"]
 mod harness;
 #[path = "load/server.rs"]
@@ -81,11 +85,15 @@ struct Plan {
     json_floor: Duration,
     storage: Duration,
     storage_max: u64,
+    group: groups::GroupPlan,
+    fanout: fanout::FanoutPlan,
 }
 
 const PAIRS: usize = 64;
 const HTTP_CONCURRENCY: usize = 32;
 const SETUP_CONCURRENCY: usize = 32;
+/// Idle sockets opened from one loopback address (127.0.0.1, then .2, …): below the ephemeral port range.
+const SOCKETS_PER_SOURCE: usize = 20_000;
 
 impl Plan {
     fn new(smoke: bool, idle: Option<usize>) -> Plan {
@@ -107,6 +115,13 @@ impl Plan {
                 json_floor: s(0.3),
                 storage: s(0.3),
                 storage_max: 2_000,
+                group: groups::GroupPlan {
+                    recipients: 20,
+                    duration: s(0.3),
+                    group_concurrency: 2,
+                    single_concurrency: 8,
+                },
+                fanout: fanout::FanoutPlan { recipients: 4, duration: s(0.3), concurrency: 4 },
             }
         } else {
             Plan {
@@ -125,6 +140,13 @@ impl Plan {
                 json_floor: s(4.0),
                 storage: s(3.0),
                 storage_max: 100_000_000,
+                group: groups::GroupPlan {
+                    recipients: 100,
+                    duration: s(4.0),
+                    group_concurrency: 4,
+                    single_concurrency: HTTP_CONCURRENCY,
+                },
+                fanout: fanout::FanoutPlan { recipients: 16, duration: s(4.0), concurrency: 16 },
             }
         }
     }
@@ -166,6 +188,8 @@ struct Ratios {
     send_deliver_ack_vs_relay_floor: Option<f64>,
     /// Bundle fetch req/s ÷ axum JSON floor req/s.
     bundle_fetch_vs_json_floor: Option<f64>,
+    /// Scale-out: 64-pair msg/s across two instances ÷ on one.
+    two_instances_vs_one: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -186,9 +210,15 @@ struct BackendReport {
     closed: Vec<LoopResult>,
     open: Vec<LoopResult>,
     relay_floor: Option<LoopResult>,
+    relay_floor_one: Option<LoopResult>,
+    sealed: Option<LoopResult>,
+    /// Scale-out: two instances, senders on one and recipients on the other.
+    cross_instance: Option<LoopResult>,
     bundle: Option<HttpLoadResult>,
     json_floor: Option<HttpLoadResult>,
     storage_floor: Option<StorageFloor>,
+    group: Option<groups::GroupResult>,
+    fanout: Option<fanout::FanoutResult>,
     ratios: Option<Ratios>,
     targets: Vec<TargetCheck>,
     /// Missing figures, losses and errors: any of these fails the run.
@@ -283,16 +313,17 @@ async fn ensure_open_files(idle: usize) -> Result<(), String> {
     if soft >= needed {
         return Ok(());
     }
-    if hard >= needed {
-        let status = tokio::process::Command::new("prlimit")
-            .arg("--pid")
-            .arg(std::process::id().to_string())
-            .arg(format!("--nofile={hard}:{hard}"))
-            .status()
-            .await;
-        if status.is_ok_and(|s| s.success()) && open_files_limit().is_some_and(|(soft, _)| soft >= needed) {
-            return Ok(());
-        }
+    // Up to the hard limit anyone may; beyond it only a privileged process (root here), which is tried too.
+    let raise_to = hard.max(needed);
+    let status = tokio::process::Command::new("prlimit")
+        .arg("--pid")
+        .arg(std::process::id().to_string())
+        .arg(format!("--nofile={raise_to}:{raise_to}"))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await;
+    if status.is_ok_and(|s| s.success()) && open_files_limit().is_some_and(|(soft, _)| soft >= needed) {
+        return Ok(());
     }
     Err(format!(
         "{idle} idle sockets need about {needed} open files in this process and in the server, but the limit is \
@@ -415,6 +446,7 @@ async fn floor_fleet(floor: &FloorServer) -> Result<Fleet, String> {
         setups.push(PairSetup {
             url: format!("{}/relay/{p}", floor.base),
             authorization: None,
+            access_key: None,
             registration_id: 1,
             socket,
         });
@@ -469,22 +501,12 @@ async fn measure(ctx: &Ctx, server: &Server, report: &mut BackendReport) -> Resu
     stage(backend, "registering sender/recipient pairs");
     let senders = client::register_many(http, &server.base, PAIRS, SETUP_CONCURRENCY).await?;
     let recipients = client::register_many(http, &server.base, PAIRS, SETUP_CONCURRENCY).await?;
+    let mut access_keys = Vec::with_capacity(recipients.len());
     for recipient in &recipients {
         client::upload_keys(http, &server.base, recipient, 0).await?;
+        access_keys.push(client::set_access_key(http, &server.base, recipient).await?);
     }
-    let ws_url = format!("{}/v1/websocket", server.base.replacen("http://", "ws://", 1));
-    let mut setups = Vec::new();
-    for (sender, recipient) in senders.iter().zip(&recipients) {
-        let mut socket = client::connect(&ws_url, Some(&recipient.token)).await?;
-        client::await_queue_empty(&mut socket, Duration::from_secs(10)).await?;
-        setups.push(PairSetup {
-            url: format!("{}/v1/messages/{}", server.base, recipient.aci),
-            authorization: Some(format!("Bearer {}", sender.token)),
-            registration_id: recipient.registration_id,
-            socket,
-        });
-    }
-    let fleet = Fleet::new(setups, Framing::Sealpost);
+    let fleet = pair_fleet(&server.base, &server.base, &senders, &recipients, &access_keys).await?;
 
     let result = relay_measurements(ctx, server, &fleet, &probe, services, report).await;
     let problem = fleet.problem();
@@ -495,12 +517,35 @@ async fn measure(ctx: &Ctx, server: &Server, report: &mut BackendReport) -> Resu
         return Err(format!("receiver: {problem}"));
     }
 
+    // Two scale-out instances: senders on the first, recipients' sockets on the second.
+    if services {
+        stage(backend, "two instances, 64 pairs");
+        match cross_instance(ctx, server, &senders, &recipients, &access_keys).await {
+            Ok(result) => report.cross_instance = Some(result),
+            Err(err) => report.failures.push(err),
+        }
+    }
+
+    // Recipients with three devices each.
+    stage(backend, &format!("{}-device fan-out", fanout::DEVICES));
+    match fanout::measure(http, &server.base, &plan.fanout, &senders[0], &probe, services, next_phase()).await {
+        Ok(result) => report.fanout = Some(result),
+        Err(err) => report.failures.push(err),
+    }
+
     // d. Bundle fetch with one-time-key claim.
     stage(backend, &format!("bundle fetch: {} targets with {} keys", plan.bundle_targets, plan.keys_per_target));
     let targets = client::register_many(http, &server.base, plan.bundle_targets, SETUP_CONCURRENCY).await?;
     upload_pools(http, &server.base, &targets, plan.keys_per_target).await?;
     let bundle = bundle_fetch(ctx, server, &targets, &senders, &probe, services).await;
     report.bundle = Some(bundle);
+
+    // f. A group send against single sends to the same recipients.
+    stage(backend, &format!("group send to {} recipients against single sends", plan.group.recipients));
+    match groups::measure(http, &server.base, &plan.group, &probe, services, next_phase).await {
+        Ok(group) => report.group = Some(group),
+        Err(err) => report.failures.push(err),
+    }
 
     // e(ii). axum JSON floor.
     stage(backend, "floors: JSON, storage");
@@ -545,6 +590,69 @@ async fn measure(ctx: &Ctx, server: &Server, report: &mut BackendReport) -> Resu
     Ok(())
 }
 
+/// Pairs whose senders PUT to `send_base` and whose recipients hold sockets on `socket_base`.
+async fn pair_fleet(
+    send_base: &str,
+    socket_base: &str,
+    senders: &[Account],
+    recipients: &[Account],
+    access_keys: &[String],
+) -> Result<Fleet, String> {
+    let ws_url = format!("{}/v1/websocket", socket_base.replacen("http://", "ws://", 1));
+    let mut setups = Vec::new();
+    for ((sender, recipient), access_key) in senders.iter().zip(recipients).zip(access_keys) {
+        let mut socket = client::connect(&ws_url, Some(&recipient.token)).await?;
+        client::await_queue_empty(&mut socket, Duration::from_secs(10)).await?;
+        setups.push(PairSetup {
+            url: format!("{send_base}/v1/messages/{}", recipient.aci),
+            authorization: Some(format!("Bearer {}", sender.token)),
+            access_key: Some(access_key.clone()),
+            registration_id: recipient.registration_id,
+            socket,
+        });
+    }
+    Ok(Fleet::new(setups, Framing::Sealpost))
+}
+
+/// The 64-pair closed loop with a second instance holding every recipient's socket: each message crosses
+/// from one instance to the other through Redis. CPU is both instances'.
+async fn cross_instance(
+    ctx: &Ctx,
+    server: &Server,
+    senders: &[Account],
+    recipients: &[Account],
+    access_keys: &[String],
+) -> Result<LoopResult, String> {
+    let peer = server::start_peer(&ctx.bin, server).await.map_err(|e| format!("second instance: {e}"))?;
+    let fleet = match pair_fleet(&server.base, &peer.base, senders, recipients, access_keys).await {
+        Ok(fleet) => fleet,
+        Err(err) => {
+            peer.stop().await;
+            return Err(format!("second instance: {err}"));
+        }
+    };
+    let probe = CpuProbe::Processes(vec![server.pid, peer.pid]);
+    let spec = LoopSpec {
+        label: "two instances, 64 pairs".into(),
+        pairs: PAIRS,
+        phase: next_phase(),
+        duration: ctx.plan.closed[2].1,
+        max_per_pair: ctx.plan.max_per_pair,
+        rate: None,
+        sealed: false,
+        probe: &probe,
+        with_services: true,
+    };
+    let result = harness::run_loop(&ctx.http, &fleet, spec).await;
+    let problem = fleet.problem();
+    fleet.close().await;
+    peer.stop().await;
+    match problem {
+        Some(problem) => Err(format!("two instances: receiver: {problem}")),
+        None => Ok(result),
+    }
+}
+
 async fn relay_measurements(
     ctx: &Ctx,
     server: &Server,
@@ -563,6 +671,7 @@ async fn relay_measurements(
         duration,
         max_per_pair: max,
         rate,
+        sealed: false,
         probe,
         with_services: services,
     };
@@ -593,6 +702,7 @@ async fn relay_measurements(
                 duration: plan.relay_floor,
                 max_per_pair: plan.max_per_pair,
                 rate: None,
+                sealed: false,
                 probe: &FloorServer::probe(),
                 with_services: false,
             };
@@ -602,7 +712,29 @@ async fn relay_measurements(
             }
             report.relay_floor = Some(floor);
         }
+        if pairs == 1 {
+            // The 1-pair relay floor, for the 1-pair latency ratio.
+            stage(backend, "relay floor, 1 pair");
+            let floor_spec = LoopSpec {
+                label: "relay floor, 1 pair".into(),
+                pairs: 1,
+                phase: next_phase(),
+                duration,
+                max_per_pair: plan.max_per_pair,
+                rate: None,
+                sealed: false,
+                probe: &FloorServer::probe(),
+                with_services: false,
+            };
+            report.relay_floor_one = Some(harness::run_loop(http, &ctx.floor_fleet, floor_spec).await);
+        }
     }
+
+    // Sealed sender, the privacy default: no sender credentials, the recipient's access key instead.
+    stage(backend, "sealed sender, 64 pairs");
+    let label = "sealed sender, 64 pairs".to_string();
+    let sealed = LoopSpec { sealed: true, ..spec(label, PAIRS, plan.closed[2].1, plan.max_per_pair, None) };
+    report.sealed = Some(harness::run_loop(http, fleet, sealed).await);
 
     // b. Open loop at 10% and 50% of the 64-pair maximum.
     let max = report.closed.last().map(|r| r.msgs_per_sec).unwrap_or(0.0);
@@ -670,7 +802,8 @@ async fn idle_sockets(http: &reqwest::Client, server: &Server, n: usize) -> Resu
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(account) = accounts.get(i) else { return Ok::<(), String>(()) };
-                let mut socket = client::connect(&ws_url, Some(&account.token)).await?;
+                let source = std::net::Ipv4Addr::new(127, 0, 0, 1 + (i / SOCKETS_PER_SOURCE) as u8);
+                let mut socket = client::connect_from(&ws_url, Some(&account.token), Some(source.into())).await?;
                 client::await_queue_empty(&mut socket, Duration::from_secs(30)).await?;
                 held.lock().unwrap_or_else(|p| p.into_inner()).push(socket);
             }
@@ -819,8 +952,16 @@ fn ratio(a: f64, b: f64) -> Option<f64> {
 /// Fills in ratios, targets and the failures (missing figures, losses, errors).
 fn check(report: &mut BackendReport, backend: Backend) {
     let mut failures = std::mem::take(&mut report.failures);
-    let loops: Vec<&LoopResult> =
-        report.warmup.iter().chain(&report.closed).chain(&report.open).chain(&report.relay_floor).collect();
+    let loops: Vec<&LoopResult> = report
+        .warmup
+        .iter()
+        .chain(&report.closed)
+        .chain(&report.sealed)
+        .chain(&report.open)
+        .chain(&report.relay_floor)
+        .chain(&report.relay_floor_one)
+        .chain(&report.cross_instance)
+        .collect();
     for result in &loops {
         if !result.lossless() {
             failures.push(format!(
@@ -845,8 +986,14 @@ fn check(report: &mut BackendReport, backend: Backend) {
     if report.open.len() != 2 {
         failures.push(format!("open loops: {} of 2 measured", report.open.len()));
     }
-    if report.relay_floor.is_none() {
+    if report.relay_floor.is_none() || report.relay_floor_one.is_none() {
         failures.push("relay floor not measured".into());
+    }
+    if report.sealed.is_none() {
+        failures.push("sealed-sender loop not measured".into());
+    }
+    if backend == Backend::ScaleOut && report.cross_instance.is_none() {
+        failures.push("two instances not measured".into());
     }
     for (name, result) in [("bundle fetch", &report.bundle), ("JSON floor", &report.json_floor)] {
         match result {
@@ -868,6 +1015,43 @@ fn check(report: &mut BackendReport, backend: Backend) {
         Some(floor) if floor.messages > 0 => {}
         _ => failures.push("storage floor not measured".into()),
     }
+    match &report.group {
+        Some(group) => {
+            for mode in [&group.group, &group.single] {
+                if !mode.lossless() {
+                    failures.push(format!(
+                        "{}: expected {} delivered {} lost {} duplicates {} send errors {}{}",
+                        mode.label,
+                        mode.expected,
+                        mode.deliveries,
+                        mode.lost,
+                        mode.duplicates,
+                        mode.send_errors,
+                        mode.first_error.as_deref().map(|e| format!(" (first: {e})")).unwrap_or_default()
+                    ));
+                }
+                if mode.deliveries == 0 || mode.latency.is_none() || mode.server_cpu_us_per_delivery.is_none() {
+                    failures.push(format!("{}: figures missing", mode.label));
+                }
+            }
+        }
+        None => failures.push("group send not measured".into()),
+    }
+    match &report.fanout {
+        Some(f) if f.lossless() && f.latency.is_some() && f.server_cpu_us_per_msg.is_some() => {}
+        Some(f) => failures.push(format!(
+            "{}: sent {} expected {} delivered {} lost {} duplicates {} send errors {}{}",
+            f.label,
+            f.sent,
+            f.expected,
+            f.deliveries,
+            f.lost,
+            f.duplicates,
+            f.send_errors,
+            f.first_error.as_deref().map(|e| format!(" (first: {e})")).unwrap_or_default()
+        )),
+        None => failures.push("fan-out not measured".into()),
+    }
     if let Some(error) = &report.error
         && !failures.contains(error)
     {
@@ -878,13 +1062,24 @@ fn check(report: &mut BackendReport, backend: Backend) {
     let relay = report.relay_floor.as_ref().map(|r| r.msgs_per_sec).unwrap_or(0.0);
     let fetch = report.bundle.as_ref().map(|r| r.per_sec).unwrap_or(0.0);
     let json = report.json_floor.as_ref().map(|r| r.per_sec).unwrap_or(0.0);
-    let ratios =
-        Ratios { send_deliver_ack_vs_relay_floor: ratio(send, relay), bundle_fetch_vs_json_floor: ratio(fetch, json) };
+    let ratios = Ratios {
+        send_deliver_ack_vs_relay_floor: ratio(send, relay),
+        bundle_fetch_vs_json_floor: ratio(fetch, json),
+        two_instances_vs_one: ratio(report.cross_instance.as_ref().map(|r| r.msgs_per_sec).unwrap_or(0.0), send),
+    };
 
-    let want = if backend == Backend::ScaleOut { 0.35 } else { 0.2 };
+    let scale_out = backend == Backend::ScaleOut;
+    let want = if scale_out { 0.45 } else { 0.5 };
     let lossless = loops.iter().all(|r| r.lossless());
     let p99_10 = report.open.first().and_then(|r| r.latency).map(|l| l.p99_us / 1000.0);
+    let p999_10 = report.open.first().and_then(|r| r.latency).map(|l| l.p999_us / 1000.0);
     let idle = report.idle.as_ref().map(|i| i.per_socket_kb);
+    let one = report.closed.iter().find(|r| r.pairs == 1);
+    let one_floor_p50 = report.relay_floor_one.as_ref().and_then(|r| r.latency).map(|l| l.p50_us);
+    let p50_ratio = one.and_then(|r| r.latency).zip(one_floor_p50).map(|(l, floor)| l.p50_us / floor);
+    let one_cpu = one.and_then(|r| r.server_cpu_us_per_msg);
+    let cpu_want = if scale_out { 80.0 } else { 100.0 };
+    let bundle_want = if scale_out { 0.35 } else { 0.4 };
     let targets = vec![
         target_check(
             format!("send→deliver→ack (64 pairs) ≥ {want} × relay floor"),
@@ -903,13 +1098,18 @@ fn check(report: &mut BackendReport, backend: Backend) {
             ),
             met: lossless && !loops.is_empty(),
         },
+        target_check("1 pair: p50 ≤ 2 × the 1-pair relay floor's p50".into(), p50_ratio, " ×", |r| r <= 2.0),
+        target_check(format!("1 pair: server CPU ≤ {cpu_want} µs per message"), one_cpu, " µs", |us| {
+            us <= cpu_want
+        }),
         target_check("p99 send→deliver at 10% load ≤ 1 ms".into(), p99_10, " ms", |ms| ms <= 1.0),
-        target_check("idle WebSocket ≤ 20 kB RSS each".into(), idle, " kB", |kb| kb <= 20.0),
+        target_check("p99.9 send→deliver at 10% load ≤ 3 ms".into(), p999_10, " ms", |ms| ms <= 3.0),
+        target_check("idle WebSocket ≤ 8 kB RSS each".into(), idle, " kB", |kb| kb <= 8.0),
         target_check(
-            "bundle fetch with claim ≥ 0.2 × axum JSON floor".into(),
+            format!("bundle fetch with claim ≥ {bundle_want} × axum JSON floor"),
             ratios.bundle_fetch_vs_json_floor,
             " ×",
-            |r| r >= 0.2,
+            |r| r >= bundle_want,
         ),
     ];
     report.ratios = Some(ratios);
@@ -952,7 +1152,14 @@ fn print_backend(report: &BackendReport, ctx: &Ctx) {
         "{:<36} {:>9} {:>8} {:>8} {:>9} {:>8} {:>9} {:>9} {:>7}",
         "send→deliver→ack, 512 B", "msg/s", "p50 µs", "p99 µs", "p99.9 µs", "CPU µs", "rds+pg µs", "lost/dup", "×floor"
     );
-    let loops = report.closed.iter().chain(&report.open).chain(&report.relay_floor);
+    let loops = report
+        .closed
+        .iter()
+        .chain(&report.sealed)
+        .chain(&report.open)
+        .chain(&report.relay_floor)
+        .chain(&report.relay_floor_one)
+        .chain(&report.cross_instance);
     for r in loops {
         let floor = if r.label.starts_with("relay floor") { "1".into() } else { opt(ratio(r.msgs_per_sec, relay), 2) };
         println!(
@@ -1021,8 +1228,61 @@ fn print_backend(report: &BackendReport, ctx: &Ctx) {
     if let (Some(start), Some(end)) = (report.server_rss_start_kb, report.server_rss_end_kb) {
         println!("server RSS: {:.1} MB at start, {:.1} MB at the end", start as f64 / 1024.0, end as f64 / 1024.0);
     }
-    let loops: Vec<&LoopResult> =
-        report.warmup.iter().chain(&report.closed).chain(&report.open).chain(&report.relay_floor).collect();
+    if let Some(r) = report.ratios.as_ref().and_then(|r| r.two_instances_vs_one) {
+        println!("two instances (sender on one, recipient on the other) ÷ one instance, 64 pairs: {r:.2} ×");
+    }
+    if let Some(f) = &report.fanout {
+        println!(
+            "{}: {} msg/s = {} deliveries/s, p50 {} µs, p99 {} µs, server CPU {} µs per message ({} per device), \
+             lost/dup {}/{}",
+            f.label,
+            num(f.msgs_per_sec),
+            num(f.deliveries_per_sec),
+            opt(f.latency.map(|l| l.p50_us), 0),
+            opt(f.latency.map(|l| l.p99_us), 0),
+            opt(f.server_cpu_us_per_msg, 1),
+            opt(f.server_cpu_us_per_delivery, 1),
+            f.lost,
+            f.duplicates
+        );
+    }
+    if let Some(g) = &report.group {
+        println!(
+            "{:<36} {:>9} {:>9} {:>8} {:>8} {:>8} {:>9} {:>9}",
+            format!("groups of {}, 561 B each", g.recipients),
+            "group/s",
+            "deliv/s",
+            "p50 µs",
+            "p99 µs",
+            "CPU µs",
+            "rds+pg µs",
+            "lost/dup"
+        );
+        for m in [&g.group, &g.single] {
+            println!(
+                "{:<36} {:>9} {:>9} {:>8} {:>8} {:>8} {:>9} {:>9}",
+                m.label,
+                format!("{:.1}", m.group_msgs_per_sec),
+                num(m.deliveries_per_sec),
+                opt(m.latency.map(|l| l.p50_us), 0),
+                opt(m.latency.map(|l| l.p99_us), 0),
+                opt(m.server_cpu_us_per_delivery, 1),
+                opt(m.services_cpu_us_per_delivery, 1),
+                format!("{}/{}", m.lost, m.duplicates),
+            );
+        }
+        println!("  server CPU per recipient device, group ÷ single: {}", opt(g.cpu_per_delivery_ratio, 2));
+    }
+    let loops: Vec<&LoopResult> = report
+        .warmup
+        .iter()
+        .chain(&report.closed)
+        .chain(&report.sealed)
+        .chain(&report.open)
+        .chain(&report.relay_floor)
+        .chain(&report.relay_floor_one)
+        .chain(&report.cross_instance)
+        .collect();
     println!("messages: {}", loss_summary(&loops, report.lost_never_arrived));
     println!("targets:");
     for t in &report.targets {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: checks of the deployment files (alert rules, compose file), Rust unit and behaviour
 # tests on both backends (embedded SQLite; Postgres + Redis; TLS to both), then the real-client tests with
-# the official libsignal under Node.
+# the official libsignal under Node, then the demo page in headless Chromium.
 #
 # Postgres and Redis: uses SEALPOST_TEST_DATABASE_URL / SEALPOST_TEST_REDIS_URL (default: the local ones).
 # When one is unreachable, starts a throwaway instance from the installed binaries in a temp dir and stops it
@@ -109,6 +109,18 @@ if ! command -v turnserver >/dev/null || ! command -v turnutils_uclient >/dev/nu
     fi
 fi
 
+# The demo page's tests drive the system's Chromium (Debian's package), installed here when it is missing.
+CHROMIUM="${SEALPOST_CHROMIUM:-/usr/bin/chromium}"
+if [ ! -x "$CHROMIUM" ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        log "installing chromium for the demo page's browser tests"
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >"$SCRATCH/apt-chromium.log" 2>&1 ||
+            { cat "$SCRATCH/apt-chromium.log" >&2; fail "could not install chromium; install with: apt-get update && apt-get install -y chromium"; }
+    else
+        fail "the demo page's browser tests need Chromium at $CHROMIUM; install with: apt-get update && apt-get install -y chromium"
+    fi
+fi
+
 # The outage tests start, kill and freeze Redis and Postgres servers of their own.
 command -v redis-server >/dev/null && command -v redis-cli >/dev/null ||
     fail "the outage tests need redis-server and redis-cli; install with: apt-get install -y redis-server"
@@ -119,6 +131,8 @@ command -v node >/dev/null && command -v npm >/dev/null ||
     fail "Node.js is missing; install with: apt-get install -y nodejs npm"
 log "installing the Node test client's locked dependencies"
 (cd tests/client && npm ci --no-audit --no-fund --loglevel=error)
+log "installing the browser tests' locked dependencies (playwright-core, jsqr, pngjs)"
+(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 
 # Deployment files: alert rules through promtool (Debian's prometheus package), the compose file through
 # `docker compose config` (no daemon needed). The container image itself is not built here.
@@ -181,6 +195,10 @@ SEALPOST_TEST_REDIS_URL="redis-cluster://127.0.0.1:${cluster_ports[0]}?node=127.
 
 log "real-client tests (official libsignal under Node) on both backends"
 SEALPOST_BIN="$PWD/target/debug/sealpost" npm --prefix tests/client test
+
+log "the demo page in headless Chromium: a QR-initiated call, direct and relay-only through coturn"
+SEALPOST_BIN="$PWD/target/debug/sealpost" SEALPOST_CHROMIUM="$CHROMIUM" SEALPOST_DEMO_ARTIFACTS="$PWD/target/demo-artifacts" \
+    npm --prefix tests/browser test
 
 log "load tool smoke run (every figure produced, nothing lost) on both backends"
 SEALPOST_BIN="$PWD/target/debug/sealpost" cargo run --quiet --example load -- --smoke --backend both \

@@ -433,6 +433,8 @@ config_struct! {
     turn_credential_ttl_seconds: u64 = "14400", "SEALPOST_TURN_CREDENTIAL_TTL_SECONDS", false;
     /// TURN credentials issued per device.
     limit_turn_credentials_per_device: RateLimit = "60/1h", "SEALPOST_LIMIT_TURN_CREDENTIALS_PER_DEVICE", false;
+    /// Serve the browser demo at `/demo/`: a page that registers throwaway accounts through this API and makes a QR-initiated call (static files built into the binary; see docs/demo.md). On by default so that a fresh deployment can be tried from a browser; `false` answers 404 there.
+    demo_enabled: bool = "true", "SEALPOST_DEMO", false;
     /// JWT signing key (Ed25519, PKCS#8 PEM). Empty means `<data_dir>/jwt_ed25519.pem`.
     jwt_key_file: Option<PathBuf> = "", "SEALPOST_JWT_KEY_FILE", false;
     /// Sealed-sender trust root private key (Curve25519). Empty means `<data_dir>/trust_root.key`.

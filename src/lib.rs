@@ -13,6 +13,7 @@ pub mod config;
 pub mod contacts;
 pub mod crypto;
 pub mod delivery;
+pub mod demo;
 pub mod directory;
 pub mod domain;
 pub mod error;
@@ -29,6 +30,7 @@ pub mod shutdown;
 pub mod state;
 pub mod storage;
 pub mod telemetry;
+pub mod upkeep;
 
 use std::future::Future;
 use std::sync::Arc;

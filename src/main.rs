@@ -1,4 +1,5 @@
-//! The `sealpost` command: serve, migrate, keygen, config, invite, approve, healthcheck.
+//! The `sealpost` command: serve, migrate, keygen, config, invite, approve, healthcheck, and the day-two
+//! commands (backup, restore, export, import, stats).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +48,31 @@ enum Command {
     /// Ask a running server's `/healthz` (on SEALPOST_LISTEN, over TLS when a certificate is configured)
     /// and exit 0 when it answers 200: the container health check, with no curl in the image.
     Healthcheck,
+    /// Write a consistent copy of the embedded database, the key files and the attachments directory to
+    /// one archive (mode 0600), while the server runs.
+    Backup { file: PathBuf },
+    /// Restore a backup archive into the configured (empty) data directory; the server must be stopped.
+    Restore {
+        file: PathBuf,
+        /// Replace what the data directory and key files hold.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write a consistent copy of the embedded database for `sealpost import` (the server may run).
+    Export { file: PathBuf },
+    /// Import an export into the configured scale-out Postgres and Redis (idempotent, resumable).
+    Import {
+        file: PathBuf,
+        /// The embedded attachments directory: copy its objects into the configured object store.
+        #[arg(long)]
+        attachments_dir: Option<PathBuf>,
+    },
+    /// Print aggregate counts (no identifiers): accounts, devices, queues, prekey pool levels, attachments.
+    Stats {
+        /// Print JSON instead of `name value` lines.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -92,6 +118,11 @@ async fn run(command: Command, loaded: Loaded) -> Result<(), Box<dyn std::error:
     let config = loaded.config;
     match command {
         Command::Serve => serve(config).await,
+        Command::Backup { .. }
+        | Command::Restore { .. }
+        | Command::Export { .. }
+        | Command::Import { .. }
+        | Command::Stats { .. } => upkeep(command, config).await,
         Command::Migrate => {
             let ran = Storage::migrate(&config).await?;
             println!("applied {ran} migration(s)");
@@ -143,6 +174,55 @@ async fn run(command: Command, loaded: Loaded) -> Result<(), Box<dyn std::error:
             }
         }
     }
+}
+
+async fn upkeep(command: Command, config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    use sealpost::upkeep::{archive, stats, transfer};
+    match command {
+        Command::Backup { file } => {
+            let started = std::time::Instant::now();
+            let s = archive::backup(&config, &file).await?;
+            println!(
+                "backup written: {} bytes (database {} bytes, {} key files, {} attachment objects) in {} ms",
+                s.archive_bytes,
+                s.database_bytes,
+                s.key_files,
+                s.objects,
+                started.elapsed().as_millis()
+            );
+        }
+        Command::Restore { file, force } => {
+            let s = archive::restore(&config, &file, force)?;
+            println!(
+                "restored: database {} bytes, {} key files, {} attachment objects",
+                s.database_bytes, s.key_files, s.objects
+            );
+        }
+        Command::Export { file } => {
+            let bytes = transfer::export(&config, &file).await?;
+            println!("export written: {bytes} bytes");
+        }
+        Command::Import { file, attachments_dir } => {
+            let summary = transfer::import(&config, &file, attachments_dir.as_deref()).await?;
+            let new: u64 = summary.steps.iter().map(|(_, i)| i.new).sum();
+            let existing: u64 = summary.steps.iter().map(|(_, i)| i.existing).sum();
+            println!("import done: {new} records written, {existing} already there");
+        }
+        Command::Stats { json } => {
+            let tasks = sealpost::shutdown::Tasks::default();
+            let storage = Storage::connect(&config, &tasks).await?;
+            let figures = stats::collect(&storage, sealpost::domain::now_millis()).await;
+            tasks.stop(std::time::Duration::from_secs(5)).await;
+            let figures = figures?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&figures)?);
+            } else {
+                println!("{}", figures.text());
+            }
+        }
+        _ => return Err("not a day-two command".into()),
+    }
+    Ok(())
 }
 
 async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {

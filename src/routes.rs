@@ -24,6 +24,7 @@ pub fn api(app: Arc<App>) -> Router {
         .merge(crate::push::http::routes())
         .merge(crate::delivery::websocket::routes())
         .merge(crate::delivery::provisioning::routes())
+        .merge(crate::demo::routes(app.config.demo_enabled))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(app.config.max_request_bytes))

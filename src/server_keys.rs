@@ -71,6 +71,19 @@ fn paths(config: &Config) -> Paths {
     }
 }
 
+/// Every key file by its default name and where this configuration keeps it, for backups.
+pub fn key_files(config: &Config) -> Vec<(&'static str, PathBuf)> {
+    let p = paths(config);
+    vec![
+        ("jwt_ed25519.pem", p.jwt),
+        ("trust_root.key", p.trust_root),
+        ("server_cert.key", p.server_cert),
+        ("vapid_p256.pem", p.vapid),
+        ("turn_secret", p.turn),
+        ("pseudonym.key", p.pseudonym),
+    ]
+}
+
 /// Writes `contents` to a new file readable only by the owner; false when the file already exists.
 fn write_new_secret(path: &Path, contents: &[u8]) -> Result<bool, KeyError> {
     if let Some(parent) = path.parent()

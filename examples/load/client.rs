@@ -1,6 +1,7 @@
 //! The client side: accounts with real keys over HTTP, the envelope body the senders PUT, and the
 //! WebSocket receivers that acknowledge every delivery and report it with its latency.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -12,7 +13,9 @@ use prost::Message as _;
 use sealpost::crypto::xeddsa::KeyPair;
 use sealpost::delivery::proto::{Envelope, WebSocketMessage, ws_type};
 use serde_json::{Value, json};
+use tokio::net::TcpSocket;
 use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -133,15 +136,85 @@ pub async fn upload_keys(http: &reqwest::Client, base: &str, account: &Account, 
     expect(response, 204, "key upload").await.map(drop)
 }
 
+/// Links a new device to `primary`'s account the way a client does (link code from the primary, then
+/// `PUT /v1/devices/link` with keys signed by the account's identity key) and logs it in. The returned
+/// account is that device: same aci, its own token and registration id.
+pub async fn link_device(http: &reqwest::Client, base: &str, primary: &Account) -> Result<(Account, u32), String> {
+    let response = http
+        .get(format!("{base}/v1/devices/provisioning/code"))
+        .bearer_auth(&primary.token)
+        .send()
+        .await
+        .map_err(|e| format!("link code: {e}"))?;
+    let code = field(&expect(response, 200, "link code").await?, "verificationCode", "link code")?;
+    let secret: [u8; 32] = sealpost::crypto::random_bytes();
+    let registration_id = 1 + (u16::from_be_bytes(sealpost::crypto::random_bytes()) % 16380);
+    let body = json!({
+        "verificationCode": code,
+        "deviceSecret": B64.encode(secret),
+        "registrationId": registration_id,
+        "signedPreKey": signed_ec(&primary.identity, 1),
+        "pqLastResortPreKey": signed_kem(&primary.identity, LAST_RESORT_KEY_ID as u32),
+    });
+    let response =
+        http.put(format!("{base}/v1/devices/link")).json(&body).send().await.map_err(|e| format!("link: {e}"))?;
+    let linked: Value = serde_json::from_slice(&expect(response, 200, "link").await?).map_err(|e| e.to_string())?;
+    let device_id = linked["deviceId"].as_u64().ok_or("link: no deviceId")? as u32;
+    let basic = B64.encode(format!("{}.{device_id}:{}", primary.aci, B64.encode(secret)));
+    let response = http
+        .post(format!("{base}/v1/auth/token"))
+        .header("authorization", format!("Basic {basic}"))
+        .send()
+        .await
+        .map_err(|e| format!("token: {e}"))?;
+    let token = field(&expect(response, 200, "token").await?, "token", "token")?;
+    let device = Account { aci: primary.aci.clone(), token, registration_id, identity: primary.identity.clone() };
+    Ok((device, device_id))
+}
+
+/// Gives `account` a random unidentified-access key (`PUT /v1/accounts/me/attributes`); returns it in base64.
+pub async fn set_access_key(http: &reqwest::Client, base: &str, account: &Account) -> Result<String, String> {
+    let key = B64.encode(sealpost::crypto::random_bytes::<16>());
+    let response = http
+        .put(format!("{base}/v1/accounts/me/attributes"))
+        .bearer_auth(&account.token)
+        .json(&json!({"unidentifiedAccessKey": key}))
+        .send()
+        .await
+        .map_err(|e| format!("attributes: {e}"))?;
+    expect(response, 204, "attributes").await?;
+    Ok(key)
+}
+
 /// Opens a WebSocket (Nagle off on our side; small buffers so thousands of idle sockets stay cheap here).
 pub async fn connect(url: &str, bearer: Option<&str>) -> Result<Ws, String> {
+    connect_from(url, bearer, None).await
+}
+
+/// [`connect`] from a chosen local address: one address has only the ephemeral port range (about 28,000
+/// ports here) to connect from, so very many sockets to one server need several (`127.0.0.x` on loopback).
+pub async fn connect_from(url: &str, bearer: Option<&str>, source: Option<IpAddr>) -> Result<Ws, String> {
     let mut request = url.into_client_request().map_err(|e| format!("websocket request: {e}"))?;
     if let Some(token) = bearer {
         let value = format!("Bearer {token}").parse().map_err(|_| "token is not a header value".to_string())?;
         request.headers_mut().insert("authorization", value);
     }
     let config = WebSocketConfig::default().read_buffer_size(8 * 1024).write_buffer_size(0);
-    let (ws, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), true)
+    let Some(source) = source else {
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), true)
+            .await
+            .map_err(|e| format!("websocket {url}: {e}"))?;
+        return Ok(ws);
+    };
+    let uri = request.uri();
+    let target: SocketAddr = format!("{}:{}", uri.host().unwrap_or_default(), uri.port_u16().unwrap_or(80))
+        .parse()
+        .map_err(|e| format!("websocket {url}: not an address: {e}"))?;
+    let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
+    socket.bind(SocketAddr::new(source, 0)).map_err(|e| format!("bind {source}: {e}"))?;
+    let stream = socket.connect(target).await.map_err(|e| format!("connect from {source}: {e}"))?;
+    stream.set_nodelay(true).map_err(|e| format!("nodelay: {e}"))?;
+    let (ws, _) = tokio_tungstenite::client_async_with_config(request, MaybeTlsStream::Plain(stream), Some(config))
         .await
         .map_err(|e| format!("websocket {url}: {e}"))?;
     Ok(ws)
@@ -221,11 +294,42 @@ pub fn decode_content(bytes: &[u8]) -> Option<Stamp> {
     Some(Stamp { pair: u32_at(4), phase: u32_at(8), seq: u64_at(12), sent_ns: u64_at(20) })
 }
 
-/// The JSON of `PUT /v1/messages/{aci}`: one type-1 envelope for device 1.
-pub fn send_body(stamp: &Stamp, registration_id: u16) -> String {
+/// Bytes of the per-recipient part of a multi-recipient share: the version byte and 48 bytes of key material.
+pub const SHARE_HEADER_BYTES: usize = 49;
+
+/// What a recipient device of a group send receives: `0x22`, its 48 bytes of key material (here: its index
+/// and zeros), then the shared content.
+pub fn encode_share(recipient: u32, shared: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(SHARE_HEADER_BYTES + shared.len());
+    out.push(0x22);
+    out.extend_from_slice(&share_key(recipient));
+    out.extend_from_slice(shared);
+    out
+}
+
+/// The 48 bytes of key material a group send gives `recipient`.
+pub fn share_key(recipient: u32) -> [u8; 48] {
+    let mut key = [0u8; 48];
+    key[..4].copy_from_slice(&recipient.to_be_bytes());
+    key
+}
+
+/// A share's stamp, with the pair taken from the key material (the shared part is the same for everyone).
+fn decode_share(bytes: &[u8]) -> Option<Stamp> {
+    if bytes.len() <= SHARE_HEADER_BYTES || bytes[0] != 0x22 {
+        return None;
+    }
+    let stamp = decode_content(&bytes[SHARE_HEADER_BYTES..])?;
+    let pair = u32::from_be_bytes(bytes[1..5].try_into().expect("4 bytes"));
+    Some(Stamp { pair, ..stamp })
+}
+
+/// The JSON of `PUT /v1/messages/{aci}`: one envelope of type `kind` (1 ciphertext, 6 sealed sender) for
+/// device 1.
+pub fn send_body(stamp: &Stamp, registration_id: u16, kind: u8) -> String {
     let content = B64.encode(encode_content(stamp));
     format!(
-        r#"{{"messages":[{{"type":1,"destinationDeviceId":1,"destinationRegistrationId":{registration_id},"content":"{content}"}}],"timestamp":{}}}"#,
+        r#"{{"messages":[{{"type":{kind},"destinationDeviceId":1,"destinationRegistrationId":{registration_id},"content":"{content}"}}],"timestamp":{}}}"#,
         stamp.seq + 1
     )
 }
@@ -247,11 +351,15 @@ pub enum Framing {
     Sealpost,
     /// The relay floor: the request body is the sender's JSON, forwarded as it came.
     Floor,
+    /// sealpost carrying a multi-recipient share (see `groups.rs`): the pair is in the key material.
+    Share,
 }
 
 /// One envelope received (and acknowledged) on a socket.
 #[derive(Debug, Clone, Copy)]
 pub struct Delivery {
+    /// The receiver's own pair (or recipient) number.
+    pub pair: u32,
     pub phase: u32,
     pub seq: u64,
     pub latency_ns: u64,
@@ -317,10 +425,13 @@ pub fn spawn_receiver(
                             Some("/api/v1/message") => {
                                 let body = request.body.unwrap_or_default();
                                 let content = match framing {
-                                    Framing::Sealpost => Envelope::decode(body.as_slice()).ok().and_then(|e| e.content),
+                                    Framing::Sealpost | Framing::Share => {
+                                        Envelope::decode(body.as_slice()).ok().and_then(|e| e.content)
+                                    }
                                     Framing::Floor => content_of_body(&body),
                                 };
-                                Some(content.as_deref().and_then(decode_content))
+                                let decode = if framing == Framing::Share { decode_share } else { decode_content };
+                                Some(content.as_deref().and_then(decode))
                             }
                             Some("/api/v1/queue/empty") => {
                                 health.queue_empty.fetch_add(1, Ordering::Relaxed);
@@ -338,6 +449,7 @@ pub fn spawn_receiver(
                         match stamp {
                             Some(Some(stamp)) => {
                                 let _ = deliveries.send(Delivery {
+                                    pair,
                                     phase: stamp.phase,
                                     seq: stamp.seq,
                                     latency_ns: arrived.saturating_sub(stamp.sent_ns),

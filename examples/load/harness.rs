@@ -18,6 +18,8 @@ pub struct Pair {
     pub url: String,
     /// `Authorization` header value of the sender, if the target wants one.
     pub authorization: Option<String>,
+    /// The recipient's unidentified-access key (base64) for sealed-sender sends, if it has one.
+    pub access_key: Option<String>,
     pub registration_id: u16,
     pub deliveries: tokio::sync::Mutex<mpsc::UnboundedReceiver<Delivery>>,
     pub health: Arc<Health>,
@@ -37,6 +39,7 @@ pub struct Fleet {
 pub struct PairSetup {
     pub url: String,
     pub authorization: Option<String>,
+    pub access_key: Option<String>,
     pub registration_id: u16,
     pub socket: Ws,
 }
@@ -53,6 +56,7 @@ impl Fleet {
             pairs.push(Arc::new(Pair {
                 url: setup.url,
                 authorization: setup.authorization,
+                access_key: setup.access_key,
                 registration_id: setup.registration_id,
                 deliveries: tokio::sync::Mutex::new(rx),
                 health,
@@ -169,11 +173,16 @@ impl PairOutcome {
     }
 }
 
-async fn put(http: &reqwest::Client, pair: &Pair, stamp: &Stamp) -> Result<(), String> {
-    let body = client::send_body(stamp, pair.registration_id);
+/// One send: with the sender's credentials, or sealed (type 6 with the recipient's access key, no sender).
+async fn put(http: &reqwest::Client, pair: &Pair, stamp: &Stamp, sealed: bool) -> Result<(), String> {
+    let kind = if sealed { 6 } else { 1 };
+    let body = client::send_body(stamp, pair.registration_id, kind);
     let mut request = http.put(&pair.url).header("content-type", "application/json").body(body);
-    if let Some(value) = &pair.authorization {
-        request = request.header("authorization", value);
+    match (sealed, &pair.authorization, &pair.access_key) {
+        (true, _, Some(key)) => request = request.header("unidentified-access-key", key),
+        (true, _, None) => return Err("a sealed send needs the recipient's access key".into()),
+        (false, Some(value), _) => request = request.header("authorization", value),
+        (false, None, _) => {}
     }
     let response = request.send().await.map_err(|e| format!("send: {e}"))?;
     let status = response.status();
@@ -198,6 +207,8 @@ pub struct LoopSpec<'a> {
     pub max_per_pair: u64,
     /// Total offered rate (open loop); `None` = closed loop.
     pub rate: Option<f64>,
+    /// Sealed-sender sends (type 6, the recipient's access key) instead of authenticated ones.
+    pub sealed: bool,
     pub probe: &'a CpuProbe,
     pub with_services: bool,
 }
@@ -211,13 +222,13 @@ pub async fn run_loop(http: &reqwest::Client, fleet: &Fleet, spec: LoopSpec<'_>)
     let mut tasks = Vec::new();
     for (p, pair) in fleet.pairs.iter().take(pairs).enumerate() {
         let (http, pair) = (http.clone(), pair.clone());
-        let phase = spec.phase;
+        let (phase, sealed) = (spec.phase, spec.sealed);
         tasks.push(match spec.rate {
-            None => tokio::spawn(closed_pair(http, pair, p as u32, phase, end, spec.max_per_pair)),
+            None => tokio::spawn(closed_pair(http, pair, p as u32, phase, sealed, end, spec.max_per_pair)),
             Some(rate) => {
                 let gap = Duration::from_secs_f64(pairs as f64 / rate);
                 let first = start + Duration::from_secs_f64(p as f64 / rate);
-                tokio::spawn(open_pair(http, pair, p as u32, phase, first, gap, end))
+                tokio::spawn(open_pair(http, pair, p as u32, phase, sealed, first, gap, end))
             }
         });
     }
@@ -315,6 +326,7 @@ async fn closed_pair(
     pair: Arc<Pair>,
     p: u32,
     phase: u32,
+    sealed: bool,
     end: Instant,
     max: u64,
 ) -> PairOutcome {
@@ -323,7 +335,7 @@ async fn closed_pair(
     let mut seq = 0;
     'send: while seq < max && Instant::now() < end {
         let stamp = Stamp { pair: p, phase, seq, sent_ns: now_ns() };
-        if let Err(err) = put(&http, &pair, &stamp).await {
+        if let Err(err) = put(&http, &pair, &stamp, sealed).await {
             out.error(err);
             break;
         }
@@ -354,11 +366,13 @@ async fn closed_pair(
 
 /// Sends on a fixed schedule (`first`, then every `gap`) until `end`, each send on its own task, while
 /// collecting deliveries; then waits for the stragglers.
+#[allow(clippy::too_many_arguments)]
 async fn open_pair(
     http: reqwest::Client,
     pair: Arc<Pair>,
     p: u32,
     phase: u32,
+    sealed: bool,
     first: Instant,
     gap: Duration,
     end: Instant,
@@ -400,7 +414,7 @@ async fn open_pair(
                     (http.clone(), pair.clone(), in_flight.clone(), ok.clone(), failures.clone());
                 tokio::spawn(async move {
                     let stamp = Stamp { pair: p, phase, seq, sent_ns: now_ns() };
-                    match put(&http, &pair, &stamp).await {
+                    match put(&http, &pair, &stamp, sealed).await {
                         Ok(()) => {
                             ok.fetch_add(1, Ordering::AcqRel);
                         }

@@ -96,6 +96,8 @@ pub struct Server {
     data_dir: PathBuf,
     schema: Option<String>,
     prefix: Option<String>,
+    /// Whether stopping removes the data directory, schema and keys (a peer shares the first's).
+    owns_state: bool,
     services: Services,
     /// WARN and ERROR lines the server logged (the first few).
     pub problems: Arc<Mutex<Vec<String>>>,
@@ -128,8 +130,27 @@ fn address_after(line: &str, marker: &str) -> Option<String> {
 }
 
 pub async fn start(bin: &Path, backend: Backend, services: &Services) -> Result<Server, String> {
+    start_instance(bin, backend, services, None).await
+}
+
+/// A second scale-out instance on the first one's schema, key prefix and key files (its data directory): a
+/// token from one is good on the other, and a message sent to one reaches a socket on the other. Stopping
+/// it leaves the shared state to the first.
+pub async fn start_peer(bin: &Path, first: &Server) -> Result<Server, String> {
+    start_instance(bin, first.backend, &first.services, Some(first)).await
+}
+
+async fn start_instance(
+    bin: &Path,
+    backend: Backend,
+    services: &Services,
+    peer_of: Option<&Server>,
+) -> Result<Server, String> {
     let id = uuid::Uuid::new_v4().simple().to_string();
-    let data_dir = std::env::temp_dir().join(format!("sealpost-bench-{id}"));
+    let data_dir = match peer_of {
+        Some(first) => first.data_dir.clone(),
+        None => std::env::temp_dir().join(format!("sealpost-bench-{id}")),
+    };
     let mut command = Command::new(bin);
     command
         .arg("serve")
@@ -145,6 +166,9 @@ pub async fn start(bin: &Path, backend: Backend, services: &Services) -> Result<
         .env("SEALPOST_LIMIT_PREKEY_FETCH_PER_REQUESTER", NO_LIMIT)
         .env("SEALPOST_LIMIT_PREKEY_FETCH_PER_REQUESTER_TARGET", NO_LIMIT)
         .env("SEALPOST_LIMIT_MESSAGES_PER_SENDER_RECIPIENT", NO_LIMIT)
+        .env("SEALPOST_LIMIT_MULTI_RECIPIENT_PER_IP", NO_LIMIT)
+        .env("SEALPOST_LIMIT_LINK_CODES_PER_ACCOUNT", NO_LIMIT)
+        .env("SEALPOST_LIMIT_LINK_PER_IP", NO_LIMIT)
         .env("SEALPOST_MAX_QUEUE_LEN", "1000000")
         // Every client of the tool connects from loopback: one address holds all the idle sockets.
         .env("SEALPOST_MAX_CONNECTIONS_PER_IP", "1000000")
@@ -159,8 +183,10 @@ pub async fn start(bin: &Path, backend: Backend, services: &Services) -> Result<
     let (schema, prefix) = match backend {
         Backend::Embedded => (None, None),
         Backend::ScaleOut => {
-            let schema = format!("bench_{id}");
-            let prefix = format!("bench_{id}:");
+            let (schema, prefix) = match peer_of {
+                Some(first) => (first.schema.clone().unwrap_or_default(), first.prefix.clone().unwrap_or_default()),
+                None => (format!("bench_{id}"), format!("bench_{id}:")),
+            };
             command
                 .env("SEALPOST_DATABASE_URL", &services.database_url)
                 .env("SEALPOST_DATABASE_SCHEMA", &schema)
@@ -202,6 +228,7 @@ pub async fn start(bin: &Path, backend: Backend, services: &Services) -> Result<
         data_dir,
         schema,
         prefix,
+        owns_state: peer_of.is_none(),
         services: services.clone(),
         problems: problems.clone(),
     };
@@ -247,6 +274,9 @@ impl Server {
         if !exited {
             warnings.push("the server did not stop on SIGTERM within 10 s; killed".into());
             let _ = self.child.kill().await;
+        }
+        if !self.owns_state {
+            return warnings;
         }
         let _ = std::fs::remove_dir_all(&self.data_dir);
         if let Some(schema) = &self.schema

@@ -66,6 +66,8 @@ fn stat_ticks(path: &str) -> Option<u64> {
 pub enum CpuProbe {
     /// A whole process (the sealpost server, or this load generator).
     Process(u32),
+    /// Several whole processes together (two server instances).
+    Processes(Vec<u32>),
     /// Threads of this process whose name starts with the prefix (the in-process floor servers' runtime).
     Threads(&'static str),
 }
@@ -74,6 +76,9 @@ impl CpuProbe {
     pub fn ticks(&self) -> u64 {
         match self {
             CpuProbe::Process(pid) => stat_ticks(&format!("/proc/{pid}/stat")).unwrap_or(0),
+            CpuProbe::Processes(pids) => {
+                pids.iter().map(|pid| stat_ticks(&format!("/proc/{pid}/stat")).unwrap_or(0)).sum()
+            }
             CpuProbe::Threads(prefix) => {
                 let Ok(dir) = std::fs::read_dir("/proc/self/task") else { return 0 };
                 let mut total = 0;
@@ -151,7 +156,7 @@ impl CpuSpan {
         // When the server is in-process (a floor), the client's share is ours minus the server threads'.
         let client = match self.probe {
             CpuProbe::Threads(_) => own.saturating_sub(server),
-            CpuProbe::Process(_) => own,
+            CpuProbe::Process(_) | CpuProbe::Processes(_) => own,
         };
         let services = self.services_start.map(|before| {
             let after = service_ticks();

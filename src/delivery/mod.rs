@@ -184,11 +184,15 @@ impl Hub {
                 other => other.clone(),
             };
             // A full buffer means the socket is behind: dropping a wake is safe because the socket re-reads
-            // its queue, and an `online` envelope is best effort by definition; but a close order must
-            // arrive, so it waits for room.
-            if let Err(mpsc::error::TrySendError::Full(event)) = sender.try_send(event)
-                && matches!(event, BusEvent::Displace(_) | BusEvent::Revoke)
-            {
+            // its queue, and an `online` envelope is best effort by definition. A queued envelope left out
+            // must still be read from the queue, so a wake goes after it, and a close order must arrive:
+            // those wait for room.
+            let must_arrive = match sender.try_send(event) {
+                Err(mpsc::error::TrySendError::Full(BusEvent::Queued(_))) => Some(BusEvent::Wake),
+                Err(mpsc::error::TrySendError::Full(event @ (BusEvent::Displace(_) | BusEvent::Revoke))) => Some(event),
+                _ => None,
+            };
+            if let Some(event) = must_arrive {
                 let sender = sender.clone();
                 tokio::spawn(async move {
                     let _ = sender.send(event).await;

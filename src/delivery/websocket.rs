@@ -91,7 +91,9 @@ enum Ending {
 }
 
 struct Delivery {
-    /// Highest queue position sent on this socket; later reads start after it.
+    /// Highest queue position read from the queue on this socket; later reads start after it. Envelopes
+    /// sent straight from their `Queued` event do not move it: a read may meet them again, and skips those
+    /// still in flight (the acknowledged ones are gone from the queue by then).
     cursor: u64,
     /// Request id → guid of envelopes sent and not yet answered.
     in_flight: HashMap<u64, [u8; 16]>,
@@ -147,15 +149,20 @@ async fn deliver(
             let want = window - state.in_flight.len();
             let batch = app.storage.queue.peek(device.aci, device.device, state.cursor, want, now_millis()).await?;
             let fetched = batch.len();
+            let mut sent = 0;
             for item in batch {
+                state.cursor = state.cursor.max(item.seq);
+                if state.in_flight.values().any(|guid| *guid == item.guid) {
+                    continue;
+                }
                 let id = state.next_request_id;
                 state.next_request_id += 1;
                 state.in_flight.insert(id, item.guid);
-                state.cursor = state.cursor.max(item.seq);
                 // Queue the frames and flush once per batch: one write for many envelopes.
                 sink.feed(envelope_request(id, item.envelope)).await?;
+                sent += 1;
             }
-            metrics::counter!("sealpost_envelopes_sent_total").increment(fetched as u64);
+            metrics::counter!("sealpost_envelopes_sent_total").increment(sent);
             if fetched < want {
                 state.unread = false;
                 if !state.queue_empty_sent {
@@ -219,6 +226,20 @@ async fn deliver(
             }
             event = events.recv() => match event {
                 Some(BusEvent::Wake) => state.unread = true,
+                Some(BusEvent::Queued(item)) => {
+                    if item.seq <= state.cursor {
+                        // A read already met it.
+                    } else if state.unread || state.in_flight.len() >= window {
+                        state.unread = true;
+                    } else {
+                        // Everything queued before it was read: send it without reading it back.
+                        let id = state.next_request_id;
+                        state.next_request_id += 1;
+                        state.in_flight.insert(id, item.guid);
+                        sink.send(envelope_request(id, item.envelope)).await?;
+                        metrics::counter!("sealpost_envelopes_sent_total").increment(1);
+                    }
+                }
                 Some(BusEvent::Ephemeral(envelope)) => {
                     // Not tracked for acknowledgement: it was never stored.
                     let id = state.next_request_id;

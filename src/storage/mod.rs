@@ -23,6 +23,7 @@ pub mod redis;
 mod rows;
 pub mod scaleout;
 pub mod seams;
+pub mod transfer;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,6 +52,11 @@ pub struct Storage {
     pub lease: Arc<dyn Lease>,
     pub push: Arc<dyn PushSubscriptions>,
     pub wakeups: Arc<dyn WakeupState>,
+    /// Aggregate counts for `sealpost stats` (durable records; queues).
+    pub inventory: Arc<dyn transfer::DurableInventory>,
+    pub queue_inventory: Arc<dyn transfer::QueueInventory>,
+    /// Where `sealpost import` writes; `None` in the embedded deployment.
+    pub import: Option<transfer::Importers>,
     /// Checks every configured store, for `/readyz`.
     pub probes: Vec<Arc<dyn Probe>>,
     /// Availability of each store as its calls see it.

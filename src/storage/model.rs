@@ -121,7 +121,7 @@ pub struct NewEnvelope {
 }
 
 /// An envelope waiting in a device queue.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueuedEnvelope {
     /// Position in the device's queue: increases with every insert.
     pub seq: u64,
@@ -163,6 +163,9 @@ pub enum PushOutcome {
 pub enum BusEvent {
     /// New envelopes were queued: look at the queue.
     Wake,
+    /// This envelope was queued (and committed): a socket that has read everything before it may send it
+    /// without reading the queue; any other socket treats it as [`BusEvent::Wake`].
+    Queued(Box<QueuedEnvelope>),
     /// An envelope for connected sockets only (`online: true`): never stored.
     Ephemeral(Vec<u8>),
     /// A socket with this connection id opened: every older socket of the device must close (4409).
@@ -178,6 +181,17 @@ impl BusEvent {
             BusEvent::Ephemeral(bytes) => [&[1u8][..], bytes].concat(),
             BusEvent::Displace(id) => [&[2u8][..], &id.to_be_bytes()].concat(),
             BusEvent::Revoke => vec![3],
+            // The queue position in decimal, then what a Redis queue member holds, so that the push script
+            // can publish the very same event.
+            BusEvent::Queued(item) => [
+                &[4u8][..],
+                item.seq.to_string().as_bytes(),
+                b":",
+                &item.expires_at.to_be_bytes(),
+                &item.guid,
+                &item.envelope,
+            ]
+            .concat(),
         }
     }
 
@@ -187,6 +201,20 @@ impl BusEvent {
             (1, rest) => Some(BusEvent::Ephemeral(rest.to_vec())),
             (2, rest) => Some(BusEvent::Displace(u64::from_be_bytes(rest.try_into().ok()?))),
             (3, []) => Some(BusEvent::Revoke),
+            (4, rest) => {
+                let colon = rest.iter().position(|&b| b == b':')?;
+                let seq = std::str::from_utf8(&rest[..colon]).ok()?.parse().ok()?;
+                let member = &rest[colon + 1..];
+                if member.len() < 24 {
+                    return None;
+                }
+                Some(BusEvent::Queued(Box::new(QueuedEnvelope {
+                    seq,
+                    expires_at: i64::from_be_bytes(member[..8].try_into().ok()?),
+                    guid: member[8..24].try_into().ok()?,
+                    envelope: member[24..].to_vec(),
+                })))
+            }
             _ => None,
         }
     }

@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::shutdown::Tasks;
 use crate::storage::guard::{Guarded, StoreHealth};
 use crate::storage::objects::ObjectBlobs;
+use crate::storage::transfer::Importers;
 use crate::storage::{
     AccountStore, AttachmentStore, Bus, ContactTokens, KeyStore, Lease, MessageQueue, PreKeyPool, Presence, Probe,
     PushSubscriptions, RateLimitStore, Storage, StoreResult, WakeupState, postgres, redis,
@@ -45,6 +46,9 @@ pub async fn connect(config: &Config, database_url: &str, redis_url: &str, tasks
         push: Guarded::<dyn PushSubscriptions>::new(postgres.clone(), pg_health.clone()),
         wakeups: Guarded::<dyn WakeupState>::new(redis.wakeups, redis_health.clone()),
         limits: Guarded::<dyn RateLimitStore>::new(redis.limits, redis_health.clone()),
+        inventory: postgres.clone(),
+        queue_inventory: redis.import.clone(),
+        import: Some(Importers { durable: postgres.clone(), ephemeral: redis.import }),
         probes: vec![
             Guarded::<dyn Probe>::new(postgres, pg_health.clone()),
             Guarded::<dyn Probe>::new(redis.probe, redis_health.clone()),

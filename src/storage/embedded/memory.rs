@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::config::RateLimit;
 use crate::domain::{Aci, DeviceId};
-use crate::storage::{Bus, BusEvent, BusMessage, Lease, Presence, RateLimitStore, StoreResult};
+use crate::storage::{Bus, BusEvent, BusMessage, Lease, Presence, QueuedEnvelope, RateLimitStore, StoreResult};
 
 /// In-process token buckets for the embedded deployment.
 ///
@@ -95,10 +95,11 @@ impl LocalBus {
         }
     }
 
-    /// Tells this process's socket of the device, if any, to look at its queue.
-    pub fn wake(&self, aci: Aci, device: DeviceId) {
+    /// Hands a committed envelope to this process's socket of the device, if any: a socket that has read
+    /// its queue up to here sends it at once, without reading it back.
+    pub fn queued(&self, aci: Aci, device: DeviceId, envelope: QueuedEnvelope) {
         if self.subscribed.lock().unwrap_or_else(|p| p.into_inner()).contains(&(aci, device)) {
-            let _ = self.sender.send(BusMessage::Device(aci, device, BusEvent::Wake));
+            let _ = self.sender.send(BusMessage::Device(aci, device, BusEvent::Queued(Box::new(envelope))));
         }
     }
 }

@@ -11,11 +11,13 @@
 mod accounts;
 mod attachments;
 mod contacts;
+mod inventory;
 mod keys;
 mod memory;
 mod prekeys;
 mod push;
 mod queue;
+pub mod snapshot;
 mod wakeups;
 mod writer;
 
@@ -106,6 +108,9 @@ pub async fn connect(config: &Config, database_url: &str, tasks: &Tasks) -> Stor
         push: Guarded::<dyn PushSubscriptions>::new(db.clone(), health.clone()),
         wakeups: Arc::new(MemoryWakeups::new(config.push_retry_backlog)),
         limits,
+        inventory: db.clone(),
+        queue_inventory: db.clone(),
+        import: None,
         probes: vec![
             Guarded::<dyn Probe>::new(db, health.clone()),
             Guarded::<dyn Probe>::new(blobs, blobs_health.clone()),

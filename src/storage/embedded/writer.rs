@@ -23,7 +23,9 @@ use crate::shutdown::{Shutdown, Tasks};
 use crate::storage::embedded::memory::LocalBus;
 use crate::storage::embedded::{Sqlite, aci_text};
 use crate::storage::rows::{self, KIND_EC, KIND_KEM};
-use crate::storage::{EcOneTimeKey, NewEnvelope, PushOutcome, Recipient, SignedKemKey, StoreError, StoreResult};
+use crate::storage::{
+    EcOneTimeKey, NewEnvelope, PushOutcome, QueuedEnvelope, Recipient, SignedKemKey, StoreError, StoreResult,
+};
 
 /// Ops waiting for the batch writer before senders have to wait for room.
 const BATCH_QUEUE: usize = 4096;
@@ -46,7 +48,8 @@ pub enum WriteOp {
 
 /// The result of one op inside a transaction that is not committed yet.
 enum Applied {
-    Push(PushOutcome),
+    /// The outcome, and when queued the queue position of each item.
+    Push(PushOutcome, Vec<u64>),
     Ack(u64),
     Claim((Option<EcOneTimeKey>, Option<SignedKemKey>)),
 }
@@ -137,9 +140,11 @@ async fn run_batches(
 
 /// Once a push is committed, the sockets of its devices hear of it (the queue owns the wake-up).
 fn wake_if_queued(bus: &LocalBus, op: &WriteOp, result: &Applied) {
-    if let (WriteOp::Push { aci, items, .. }, Applied::Push(PushOutcome::Queued)) = (op, result) {
-        for (recipient, _) in items {
-            bus.wake(*aci, recipient.device);
+    if let (WriteOp::Push { aci, items, .. }, Applied::Push(PushOutcome::Queued, seqs)) = (op, result) {
+        for ((recipient, item), &seq) in items.iter().zip(seqs) {
+            let queued =
+                QueuedEnvelope { seq, guid: item.guid, expires_at: item.expires_at, envelope: item.envelope.clone() };
+            bus.queued(*aci, recipient.device, queued);
         }
     }
 }
@@ -147,7 +152,7 @@ fn wake_if_queued(bus: &LocalBus, op: &WriteOp, result: &Applied) {
 fn answer(op: WriteOp, result: StoreResult<Applied>) {
     // A caller that went away (request cancelled) just does not hear the answer.
     match (op, result) {
-        (WriteOp::Push { reply, .. }, Ok(Applied::Push(r))) => drop(reply.send(Ok(r))),
+        (WriteOp::Push { reply, .. }, Ok(Applied::Push(r, _))) => drop(reply.send(Ok(r))),
         (WriteOp::Ack { reply, .. }, Ok(Applied::Ack(r))) => drop(reply.send(Ok(r))),
         (WriteOp::Claim { reply, .. }, Ok(Applied::Claim(r))) => drop(reply.send(Ok(r))),
         (WriteOp::Push { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
@@ -187,7 +192,8 @@ async fn apply_batch(pool: &SqlitePool, ops: &[WriteOp], lengths: &mut QueueLeng
     for op in ops {
         results.push(match op {
             WriteOp::Push { aci, items, max_len, .. } => {
-                Applied::Push(push_in(&mut tx, *aci, items, *max_len, lengths).await?)
+                let (outcome, seqs) = push_in(&mut tx, *aci, items, *max_len, lengths).await?;
+                Applied::Push(outcome, seqs)
             }
             WriteOp::Ack { aci, device, guids, .. } => {
                 Applied::Ack(ack_in(&mut tx, *aci, *device, guids, lengths).await?)
@@ -207,7 +213,7 @@ async fn push_in(
     items: &[(Recipient, NewEnvelope)],
     max_len: u32,
     lengths: &mut QueueLengths,
-) -> StoreResult<PushOutcome> {
+) -> StoreResult<(PushOutcome, Vec<u64>)> {
     let now = crate::domain::now_millis();
     let max = i64::from(max_len);
     for (recipient, _) in items {
@@ -220,7 +226,7 @@ async fn push_in(
                 .fetch_optional(&mut **tx)
                 .await?;
         if incarnation != Some(recipient.incarnation.0) {
-            return Ok(PushOutcome::Gone(recipient.device));
+            return Ok((PushOutcome::Gone(recipient.device), Vec::new()));
         }
     }
     for (recipient, _) in items {
@@ -243,7 +249,7 @@ async fn push_in(
             }
         };
         if queued >= max {
-            return Ok(PushOutcome::Full(*device));
+            return Ok((PushOutcome::Full(*device), Vec::new()));
         }
     }
     for (recipient, _) in items {
@@ -251,17 +257,21 @@ async fn push_in(
         let length = lengths.get(&key).unwrap_or(0);
         lengths.pending.insert(key, length + 1);
     }
+    let mut seqs = Vec::with_capacity(items.len());
     for (recipient, item) in items {
-        sqlx::query("INSERT INTO messages (aci, device_id, guid, expires_at, envelope) VALUES (?, ?, ?, ?, ?)")
-            .bind(aci_text(aci))
-            .bind(i64::from(recipient.device.0))
-            .bind(&item.guid[..])
-            .bind(item.expires_at)
-            .bind(&item.envelope)
-            .execute(&mut **tx)
-            .await?;
+        let seq: i64 = sqlx::query_scalar(
+            "INSERT INTO messages (aci, device_id, guid, expires_at, envelope) VALUES (?, ?, ?, ?, ?) RETURNING seq",
+        )
+        .bind(aci_text(aci))
+        .bind(i64::from(recipient.device.0))
+        .bind(&item.guid[..])
+        .bind(item.expires_at)
+        .bind(&item.envelope)
+        .fetch_one(&mut **tx)
+        .await?;
+        seqs.push(seq as u64);
     }
-    Ok(PushOutcome::Queued)
+    Ok((PushOutcome::Queued, seqs))
 }
 
 async fn ack_in(

@@ -11,6 +11,7 @@
 mod accounts;
 mod attachments;
 mod contacts;
+mod import;
 mod keys;
 mod push;
 

@@ -61,6 +61,17 @@ impl Keys {
         [format!("{base}:ec"), format!("{base}:kem")]
     }
 
+    /// Set once an import has filled a device's pools, so a second import never puts back keys that were
+    /// handed out meanwhile (same slot as the pools).
+    pub fn pools_imported(&self, aci: Aci, device: DeviceId) -> String {
+        format!("{}pk:{{{aci}.{device}}}:imported", self.prefix)
+    }
+
+    /// Set once an import has queued all of a device's envelopes (same slot as the queue).
+    pub fn queue_imported(&self, aci: Aci, device: DeviceId) -> String {
+        format!("{}q:{{{aci}}}:{device}:imported", self.prefix)
+    }
+
     /// A rate-limit bucket, by its name and the pseudonym of whoever it limits.
     pub fn rate_bucket(&self, bucket: &str, key: &[u8; 16]) -> String {
         format!("{}rl:{bucket}:{}", self.prefix, hex(key))

@@ -10,6 +10,7 @@
 //! what must survive losing Redis is in Postgres.
 
 mod bus;
+mod import;
 mod keys;
 mod lease;
 mod limits;
@@ -28,6 +29,7 @@ use fred::types::Value;
 use crate::config::Config;
 use crate::shutdown::Tasks;
 pub use crate::storage::redis::bus::RedisBus;
+pub use crate::storage::redis::import::RedisImport;
 use crate::storage::redis::keys::Keys;
 pub use crate::storage::redis::lease::RedisLease;
 pub use crate::storage::redis::limits::RedisLimits;
@@ -47,6 +49,8 @@ pub struct RedisStores {
     pub lease: Arc<RedisLease>,
     pub wakeups: Arc<RedisWakeups>,
     pub probe: Arc<RedisProbe>,
+    /// Imports and queue counts (`sealpost import`, `sealpost stats`).
+    pub import: Arc<RedisImport>,
 }
 
 /// Connects the command pool and the bus's subscriber. Fails at once when Redis is not there (start-up
@@ -81,7 +85,8 @@ pub async fn connect(config: &Config, url: &str, timeout: Duration, tasks: &Task
         bus: Arc::new(bus),
         presence: Arc::new(RedisPresence::new(pool.clone(), keys.clone())),
         lease: Arc::new(RedisLease::new(pool.clone(), keys.clone())),
-        wakeups: Arc::new(RedisWakeups::new(pool.clone(), keys, config.push_retry_backlog)),
+        wakeups: Arc::new(RedisWakeups::new(pool.clone(), keys.clone(), config.push_retry_backlog)),
+        import: Arc::new(RedisImport::new(pool.clone(), keys)),
         probe: Arc::new(RedisProbe { pool }),
     })
 }

@@ -40,7 +40,7 @@ impl RedisPreKeys {
 const EC_ENTRY: usize = 4 + 33;
 const KEM_ENTRY: usize = 4 + 64 + KemPublicKey::LEN;
 
-fn encode_ec(key: &EcOneTimeKey) -> Value {
+pub(super) fn encode_ec(key: &EcOneTimeKey) -> Value {
     let mut out = Vec::with_capacity(EC_ENTRY);
     out.extend_from_slice(&key.key_id.to_be_bytes());
     out.extend_from_slice(&key.public_key.0);
@@ -52,7 +52,7 @@ fn decode_ec(bytes: &[u8]) -> StoreResult<EcOneTimeKey> {
     rows::one_time_ec(id, public_key)
 }
 
-fn encode_kem(key: &SignedKemKey) -> Value {
+pub(super) fn encode_kem(key: &SignedKemKey) -> Value {
     let mut out = Vec::with_capacity(KEM_ENTRY);
     out.extend_from_slice(&key.key_id.to_be_bytes());
     out.extend_from_slice(&key.signature.0);

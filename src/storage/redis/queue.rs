@@ -28,7 +28,7 @@ use crate::storage::redis::bytes_of;
 use crate::storage::redis::keys::Keys;
 use crate::storage::redis::limits::bucket_args;
 use crate::storage::{
-    BusEvent, MessageQueue, NewEnvelope, PushOutcome, QueuedEnvelope, RateBucket, Recipient, StoreError, StoreResult,
+    MessageQueue, NewEnvelope, PushOutcome, QueuedEnvelope, RateBucket, Recipient, StoreError, StoreResult,
 };
 
 /// How long an account's sequence counter outlives its last push: longer than any envelope can live, so a
@@ -101,15 +101,10 @@ impl MessageQueue for RedisQueue {
         for (recipient, item) in items {
             keys.extend(self.keys.queue(aci, recipient.device));
             keys.push(self.keys.removal_mark(aci, *recipient));
-            let mut member = Vec::with_capacity(24 + item.envelope.len());
-            member.extend_from_slice(&item.expires_at.to_be_bytes());
-            member.extend_from_slice(&item.guid);
-            member.extend_from_slice(&item.envelope);
-            args.push(Value::Bytes(member.into()));
+            args.push(Value::Bytes(queue_member(item).into()));
             args.push(Value::Bytes(item.guid.to_vec().into()));
             args.push(self.keys.device_channel(aci, recipient.device).into());
         }
-        args.push(Value::Bytes(BusEvent::Wake.encode().into()));
         let reply: Vec<i64> = self.push.evalsha_with_reload(self.pool.next_connected(), keys, args).await?;
         match reply.as_slice() {
             [0, _] => Ok(PushOutcome::Queued),
@@ -187,12 +182,7 @@ impl MessageQueue for RedisQueue {
     async fn reap(&self, now: i64) -> StoreResult<u64> {
         let client = self.pool.next_connected();
         // SCAN walks one node's keys: in a cluster, every primary's in turn.
-        let nodes: Vec<Option<Server>> = if client.is_clustered() {
-            let primaries = client.cached_cluster_state().map(|state| state.unique_primary_nodes());
-            primaries.unwrap_or_default().into_iter().map(Some).collect()
-        } else {
-            vec![None]
-        };
+        let nodes = scan_nodes(client);
         let budget = REAP_QUEUES_PER_RUN / nodes.len().max(1);
         let pattern = self.keys.queue_pattern();
         let mut reaped = 0;
@@ -226,8 +216,27 @@ impl RedisQueue {
     }
 }
 
+/// A queue's sorted-set member: expiry ‖ guid ‖ envelope.
+pub(super) fn queue_member(item: &NewEnvelope) -> Vec<u8> {
+    let mut member = Vec::with_capacity(24 + item.envelope.len());
+    member.extend_from_slice(&item.expires_at.to_be_bytes());
+    member.extend_from_slice(&item.guid);
+    member.extend_from_slice(&item.envelope);
+    member
+}
+
+/// The nodes a `SCAN` over every key must visit: each primary of a cluster, or the one server (`None`).
+pub(super) fn scan_nodes(client: &Client) -> Vec<Option<Server>> {
+    if client.is_clustered() {
+        let primaries = client.cached_cluster_state().map(|state| state.unique_primary_nodes());
+        primaries.unwrap_or_default().into_iter().map(Some).collect()
+    } else {
+        vec![None]
+    }
+}
+
 /// One `SCAN` page of queue keys on `node` (or on the one server) from `cursor`: the next cursor and the keys.
-async fn queue_page(
+pub(super) async fn queue_page(
     client: &Client,
     node: Option<&Server>,
     cursor: &str,

@@ -1,10 +1,11 @@
 -- Queues one envelope per listed device of an account, all or nothing, takes the sender's rate-limit
--- token in the same step and publishes each device's wake-up: one round trip per send. Needs
+-- token in the same step and publishes each envelope on its device's channel with its queue position (a
+-- `Queued` bus event: byte 4, the position in decimal, ':', the member): one round trip per send. Needs
 -- token_bucket.lua and purge_expired.lua before it.
 --
 -- KEYS: counter, rate bucket (ignored when ARGV[4] is empty), then (zset, index, removal mark) per device.
 -- ARGV: max length, queue ttl ms, counter ttl ms, bucket capacity (or ''), refill per ms, bucket ttl ms,
--- then (member, guid, channel) per device, then the wake-up payload.
+-- then (member, guid, channel) per device.
 -- Returns {0, 0} when queued, {1, wait ms} when rate limited, {2, i} when the i-th device's queue is full,
 -- {3, i} when the i-th device (in the incarnation its removal mark names) was removed; in every case but
 -- the first nothing is queued. A queue at its limit is first purged of expired envelopes, so expired
@@ -26,8 +27,10 @@ for i = 1, n do
     if redis.call('ZCARD', KEYS[3 * i]) >= max then return {2, i} end
   end
 end
+local seqs = {}
 for i = 1, n do
   local seq = redis.call('INCR', KEYS[1])
+  seqs[i] = seq
   redis.call('ZADD', KEYS[3 * i], seq, ARGV[4 + 3 * i])
   redis.call('HSET', KEYS[1 + 3 * i], ARGV[5 + 3 * i], seq)
   if redis.call('PTTL', KEYS[3 * i]) < ttl then
@@ -37,6 +40,6 @@ for i = 1, n do
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 for i = 1, n do
-  redis.call('PUBLISH', ARGV[6 + 3 * i], ARGV[7 + 3 * n])
+  redis.call('PUBLISH', ARGV[6 + 3 * i], '\4' .. seqs[i] .. ':' .. ARGV[4 + 3 * i])
 end
 return {0, 0}
