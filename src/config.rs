@@ -455,6 +455,13 @@ config_struct! {
     shutdown_grace_seconds: u64 = "10", "SEALPOST_SHUTDOWN_GRACE_SECONDS", false;
 }
 
+/// Settings that earlier versions read, with what replaces them: setting one is warned about at start-up
+/// rather than ignored in silence.
+const REMOVED_SETTINGS: &[(&str, &str)] = &[(
+    "SEALPOST_REAP_INTERVAL_SECONDS",
+    "the reapers run on the job runner's schedule, SEALPOST_JOB_REAP_SCHEDULE (cron, with seconds)",
+)];
+
 /// The configuration together with where each value came from and the warnings collected on the way.
 #[derive(Debug, Clone)]
 pub struct Loaded {
@@ -524,6 +531,11 @@ impl Config {
                 }
                 config.set(field.name, &raw).map_err(|e| ConfigError(format!("{}: {e}", field.env)))?;
                 sources.insert(field.name, Source::Env);
+            }
+        }
+        for (gone, instead) in REMOVED_SETTINGS {
+            if vars.contains_key(*gone) {
+                warnings.push(format!("{gone} is no longer read: {instead}"));
             }
         }
         config.validate()?;
@@ -724,6 +736,14 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from("./data"));
         assert_eq!(config.registration_policy, RegistrationPolicy::Open);
         assert_eq!(config.backend(), Backend::Embedded { database_url: "sqlite://./data/sealpost.db".into() });
+    }
+
+    #[test]
+    fn a_removed_setting_is_warned_about_not_ignored() {
+        let loaded = Config::load(None, env(&[("SEALPOST_REAP_INTERVAL_SECONDS", "30")])).unwrap();
+        assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+        assert!(loaded.warnings[0].contains("SEALPOST_JOB_REAP_SCHEDULE"), "{:?}", loaded.warnings);
+        assert!(Config::load(None, env(&[])).unwrap().warnings.is_empty());
     }
 
     #[test]
