@@ -2,7 +2,7 @@
 //! deletes each on a 2xx answer, signals `queue/empty` once the backlog is drained, and pushes new
 //! envelopes as they arrive.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -92,11 +92,14 @@ enum Ending {
 
 struct Delivery {
     /// Highest queue position read from the queue on this socket; later reads start after it. Envelopes
-    /// sent straight from their `Queued` event do not move it: a read may meet them again, and skips those
-    /// still in flight (the acknowledged ones are gone from the queue by then).
+    /// sent straight from their `Queued` event do not move it: a read may meet them again, and skips them
+    /// (`sent_directly`; the acknowledged ones are gone from the queue by then).
     cursor: u64,
     /// Request id → guid of envelopes sent and not yet answered.
     in_flight: HashMap<u64, [u8; 16]>,
+    /// Envelopes sent straight from their event and not yet acknowledged: a queue read skips them. One
+    /// answered with another status stays here, so this socket does not send it again (as with a read one).
+    sent_directly: HashSet<[u8; 16]>,
     next_request_id: u64,
     /// The queue may hold envelopes this socket has not sent yet.
     unread: bool,
@@ -135,6 +138,7 @@ async fn deliver(
     let mut state = Delivery {
         cursor: 0,
         in_flight: HashMap::new(),
+        sent_directly: HashSet::new(),
         next_request_id: 1,
         unread: true,
         queue_empty_sent: false,
@@ -152,7 +156,7 @@ async fn deliver(
             let mut sent = 0;
             for item in batch {
                 state.cursor = state.cursor.max(item.seq);
-                if state.in_flight.values().any(|guid| *guid == item.guid) {
+                if state.sent_directly.contains(&item.guid) {
                     continue;
                 }
                 let id = state.next_request_id;
@@ -236,6 +240,7 @@ async fn deliver(
                         let id = state.next_request_id;
                         state.next_request_id += 1;
                         state.in_flight.insert(id, item.guid);
+                        state.sent_directly.insert(item.guid);
                         sink.send(envelope_request(id, item.envelope)).await?;
                         metrics::counter!("sealpost_envelopes_sent_total").increment(1);
                     }
@@ -289,6 +294,7 @@ fn handle_client_message(state: &mut Delivery, message: WebSocketMessage, acks: 
         (Some(ws_type::RESPONSE), _, Some(response)) => {
             let guid = response.id.and_then(|id| state.in_flight.remove(&id))?;
             if (200..300).contains(&response.status.unwrap_or(0)) {
+                state.sent_directly.remove(&guid);
                 acks.push(guid);
             }
             // Any other status leaves the envelope queued for the next connection.
