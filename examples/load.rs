@@ -31,6 +31,8 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
 use clap::{Parser, ValueEnum};
 use serde::Serialize;
 
@@ -228,6 +230,21 @@ struct BackendReport {
     perf_data: Option<String>,
     /// Messages counted lost by some measurement that had still not arrived when the pairs' sockets closed.
     lost_never_arrived: Option<u64>,
+}
+
+impl BackendReport {
+    /// Every send → deliver → ack measurement, the warm-up first.
+    fn loops(&self) -> Vec<&LoopResult> {
+        self.warmup
+            .iter()
+            .chain(&self.closed)
+            .chain(&self.sealed)
+            .chain(&self.open)
+            .chain(&self.relay_floor)
+            .chain(&self.relay_floor_one)
+            .chain(&self.cross_instance)
+            .collect()
+    }
 }
 
 #[derive(Serialize)]
@@ -504,7 +521,7 @@ async fn measure(ctx: &Ctx, server: &Server, report: &mut BackendReport) -> Resu
     let mut access_keys = Vec::with_capacity(recipients.len());
     for recipient in &recipients {
         client::upload_keys(http, &server.base, recipient, 0).await?;
-        access_keys.push(client::set_access_key(http, &server.base, recipient).await?);
+        access_keys.push(B64.encode(client::set_access_key(http, &server.base, recipient).await?));
     }
     let fleet = pair_fleet(&server.base, &server.base, &senders, &recipients, &access_keys).await?;
 
@@ -952,16 +969,7 @@ fn ratio(a: f64, b: f64) -> Option<f64> {
 /// Fills in ratios, targets and the failures (missing figures, losses, errors).
 fn check(report: &mut BackendReport, backend: Backend) {
     let mut failures = std::mem::take(&mut report.failures);
-    let loops: Vec<&LoopResult> = report
-        .warmup
-        .iter()
-        .chain(&report.closed)
-        .chain(&report.sealed)
-        .chain(&report.open)
-        .chain(&report.relay_floor)
-        .chain(&report.relay_floor_one)
-        .chain(&report.cross_instance)
-        .collect();
+    let loops = report.loops();
     for result in &loops {
         if !result.lossless() {
             failures.push(format!(
@@ -1152,14 +1160,8 @@ fn print_backend(report: &BackendReport, ctx: &Ctx) {
         "{:<36} {:>9} {:>8} {:>8} {:>9} {:>8} {:>9} {:>9} {:>7}",
         "send→deliver→ack, 512 B", "msg/s", "p50 µs", "p99 µs", "p99.9 µs", "CPU µs", "rds+pg µs", "lost/dup", "×floor"
     );
-    let loops = report
-        .closed
-        .iter()
-        .chain(&report.sealed)
-        .chain(&report.open)
-        .chain(&report.relay_floor)
-        .chain(&report.relay_floor_one)
-        .chain(&report.cross_instance);
+    // The warm-up counts for losses but is not a figure.
+    let loops = report.loops().into_iter().skip(usize::from(report.warmup.is_some()));
     for r in loops {
         let floor = if r.label.starts_with("relay floor") { "1".into() } else { opt(ratio(r.msgs_per_sec, relay), 2) };
         println!(
@@ -1273,16 +1275,7 @@ fn print_backend(report: &BackendReport, ctx: &Ctx) {
         }
         println!("  server CPU per recipient device, group ÷ single: {}", opt(g.cpu_per_delivery_ratio, 2));
     }
-    let loops: Vec<&LoopResult> = report
-        .warmup
-        .iter()
-        .chain(&report.closed)
-        .chain(&report.sealed)
-        .chain(&report.open)
-        .chain(&report.relay_floor)
-        .chain(&report.relay_floor_one)
-        .chain(&report.cross_instance)
-        .collect();
+    let loops = report.loops();
     println!("messages: {}", loss_summary(&loops, report.lost_never_arrived));
     println!("targets:");
     for t in &report.targets {

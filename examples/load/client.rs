@@ -60,15 +60,20 @@ pub async fn register(http: &reqwest::Client, base: &str) -> Result<Account, Str
     let response =
         http.post(format!("{base}/v1/accounts")).json(&body).send().await.map_err(|e| format!("register: {e}"))?;
     let aci = field(&expect(response, 201, "register").await?, "aci", "register")?;
-    let basic = B64.encode(format!("{aci}.1:{}", B64.encode(secret)));
+    let token = login(http, base, &aci, 1, &secret).await?;
+    Ok(Account { aci, token, registration_id, identity })
+}
+
+/// `POST /v1/auth/token` with the device's secret: its access token.
+async fn login(http: &reqwest::Client, base: &str, aci: &str, device: u32, secret: &[u8]) -> Result<String, String> {
+    let basic = B64.encode(format!("{aci}.{device}:{}", B64.encode(secret)));
     let response = http
         .post(format!("{base}/v1/auth/token"))
         .header("authorization", format!("Basic {basic}"))
         .send()
         .await
         .map_err(|e| format!("token: {e}"))?;
-    let token = field(&expect(response, 200, "token").await?, "token", "token")?;
-    Ok(Account { aci, token, registration_id, identity })
+    field(&expect(response, 200, "token").await?, "token", "token")
 }
 
 /// Registers `n` accounts, `concurrency` at a time.
@@ -160,25 +165,18 @@ pub async fn link_device(http: &reqwest::Client, base: &str, primary: &Account) 
         http.put(format!("{base}/v1/devices/link")).json(&body).send().await.map_err(|e| format!("link: {e}"))?;
     let linked: Value = serde_json::from_slice(&expect(response, 200, "link").await?).map_err(|e| e.to_string())?;
     let device_id = linked["deviceId"].as_u64().ok_or("link: no deviceId")? as u32;
-    let basic = B64.encode(format!("{}.{device_id}:{}", primary.aci, B64.encode(secret)));
-    let response = http
-        .post(format!("{base}/v1/auth/token"))
-        .header("authorization", format!("Basic {basic}"))
-        .send()
-        .await
-        .map_err(|e| format!("token: {e}"))?;
-    let token = field(&expect(response, 200, "token").await?, "token", "token")?;
+    let token = login(http, base, &primary.aci, device_id, &secret).await?;
     let device = Account { aci: primary.aci.clone(), token, registration_id, identity: primary.identity.clone() };
     Ok((device, device_id))
 }
 
-/// Gives `account` a random unidentified-access key (`PUT /v1/accounts/me/attributes`); returns it in base64.
-pub async fn set_access_key(http: &reqwest::Client, base: &str, account: &Account) -> Result<String, String> {
-    let key = B64.encode(sealpost::crypto::random_bytes::<16>());
+/// Gives `account` a random unidentified-access key (`PUT /v1/accounts/me/attributes`) and returns it.
+pub async fn set_access_key(http: &reqwest::Client, base: &str, account: &Account) -> Result<[u8; 16], String> {
+    let key: [u8; 16] = sealpost::crypto::random_bytes();
     let response = http
         .put(format!("{base}/v1/accounts/me/attributes"))
         .bearer_auth(&account.token)
-        .json(&json!({"unidentifiedAccessKey": key}))
+        .json(&json!({"unidentifiedAccessKey": B64.encode(key)}))
         .send()
         .await
         .map_err(|e| format!("attributes: {e}"))?;

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::Serialize;
-use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
 use crate::client::{self, Account, Delivery, Framing, Health, Stamp};
@@ -91,17 +90,7 @@ pub async fn measure(
     for account in accounts {
         // A device counts as one of its account's devices once it has published its keys.
         client::upload_keys(http, base, &account, 0).await?;
-        let key: [u8; 16] = sealpost::crypto::random_bytes();
-        let response = http
-            .put(format!("{base}/v1/accounts/me/attributes"))
-            .bearer_auth(&account.token)
-            .json(&json!({"unidentifiedAccessKey": B64.encode(key)}))
-            .send()
-            .await
-            .map_err(|e| format!("attributes: {e}"))?;
-        if response.status() != 204 {
-            return Err(format!("attributes: status {}", response.status()));
-        }
+        let key = client::set_access_key(http, base, &account).await?;
         recipients.push(Recipient { account, key });
     }
     let ws_url = format!("{}/v1/websocket", base.replacen("http://", "ws://", 1));

@@ -181,6 +181,24 @@ pub struct DurableCounts {
     pub attachment_bytes: u64,
 }
 
+/// The one row both backends' count query answers, in [`DurableCounts`]' field order.
+pub type DurableCountsRow = (i64, i64, i64, i64, i64, i64, i64);
+
+impl From<DurableCountsRow> for DurableCounts {
+    fn from((accounts, devices, push, tokens, invites, attachments, bytes): DurableCountsRow) -> Self {
+        let n = |v: i64| v.max(0) as u64;
+        DurableCounts {
+            accounts: n(accounts),
+            devices: n(devices),
+            push_subscriptions: n(push),
+            contact_tokens: n(tokens),
+            invites: n(invites),
+            attachments: n(attachments),
+            attachment_bytes: n(bytes),
+        }
+    }
+}
+
 /// Counts of the queued envelopes.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct QueueCounts {

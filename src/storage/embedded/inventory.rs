@@ -8,31 +8,23 @@ use async_trait::async_trait;
 use crate::domain::{Aci, DeviceId};
 use crate::storage::embedded::{Sqlite, aci_text};
 use crate::storage::rows;
-use crate::storage::transfer::{DurableCounts, DurableInventory, QueueCounts, QueueInventory, QueuedAt};
+use crate::storage::transfer::{
+    DurableCounts, DurableCountsRow, DurableInventory, QueueCounts, QueueInventory, QueuedAt,
+};
 use crate::storage::{StoreError, StoreResult};
 
 #[async_trait]
 impl DurableInventory for Sqlite {
     async fn counts(&self) -> StoreResult<DurableCounts> {
-        let (accounts, devices, push, tokens, invites, attachments, bytes): (i64, i64, i64, i64, i64, i64, i64) =
-            sqlx::query_as(
-                "SELECT (SELECT count(*) FROM accounts), (SELECT count(*) FROM devices),
+        let row: DurableCountsRow = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM accounts), (SELECT count(*) FROM devices),
                         (SELECT count(*) FROM push_subscriptions), (SELECT count(*) FROM contact_tokens),
                         (SELECT count(*) FROM invites), (SELECT count(*) FROM attachments),
                         (SELECT COALESCE(SUM(length), 0) FROM attachments WHERE completed_at IS NOT NULL)",
-            )
-            .fetch_one(&self.reader)
-            .await?;
-        let n = |v: i64| v.max(0) as u64;
-        Ok(DurableCounts {
-            accounts: n(accounts),
-            devices: n(devices),
-            push_subscriptions: n(push),
-            contact_tokens: n(tokens),
-            invites: n(invites),
-            attachments: n(attachments),
-            attachment_bytes: n(bytes),
-        })
+        )
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(row.into())
     }
 
     async fn devices_after(&self, after: Option<(Aci, DeviceId)>, limit: u32) -> StoreResult<Vec<(Aci, DeviceId)>> {

@@ -12,7 +12,9 @@ use sqlx::query::Query;
 use crate::domain::{Aci, DeviceId};
 use crate::storage::postgres::{Postgres, device_param};
 use crate::storage::rows;
-use crate::storage::transfer::{Cell, Column, DurableCounts, DurableImport, DurableInventory, Imported, Table};
+use crate::storage::transfer::{
+    Cell, Column, DurableCounts, DurableCountsRow, DurableImport, DurableInventory, Imported, Table,
+};
 use crate::storage::{StoreError, StoreResult};
 
 /// The placeholder for parameter `n` of a column, with the cast that turns the bound value into the
@@ -90,25 +92,15 @@ impl DurableImport for Postgres {
 #[async_trait]
 impl DurableInventory for Postgres {
     async fn counts(&self) -> StoreResult<DurableCounts> {
-        let (accounts, devices, push, tokens, invites, attachments, bytes): (i64, i64, i64, i64, i64, i64, i64) =
-            sqlx::query_as(
-                "SELECT (SELECT count(*) FROM accounts), (SELECT count(*) FROM devices),
+        let row: DurableCountsRow = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM accounts), (SELECT count(*) FROM devices),
                         (SELECT count(*) FROM push_subscriptions), (SELECT count(*) FROM contact_tokens),
                         (SELECT count(*) FROM invites), (SELECT count(*) FROM attachments),
                         (SELECT COALESCE(SUM(length), 0)::BIGINT FROM attachments WHERE completed_at IS NOT NULL)",
-            )
-            .fetch_one(&self.pool)
-            .await?;
-        let n = |v: i64| v.max(0) as u64;
-        Ok(DurableCounts {
-            accounts: n(accounts),
-            devices: n(devices),
-            push_subscriptions: n(push),
-            contact_tokens: n(tokens),
-            invites: n(invites),
-            attachments: n(attachments),
-            attachment_bytes: n(bytes),
-        })
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.into())
     }
 
     async fn devices_after(&self, after: Option<(Aci, DeviceId)>, limit: u32) -> StoreResult<Vec<(Aci, DeviceId)>> {
