@@ -55,6 +55,25 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+impl From<rusqlite::Error> for StoreError {
+    /// The embedded writer thread's connection: a constraint is a conflict like the pool's; anything else
+    /// (a full disk, a lock held past the busy timeout) fails the write, and the caller sees a 500 or, past
+    /// the store timeout, a 503.
+    fn from(err: rusqlite::Error) -> Self {
+        use rusqlite::ffi;
+        if let rusqlite::Error::SqliteFailure(failure, _) = &err {
+            match failure.extended_code {
+                ffi::SQLITE_CONSTRAINT_UNIQUE | ffi::SQLITE_CONSTRAINT_PRIMARYKEY => {
+                    return StoreError::Conflict("a record with this key exists");
+                }
+                ffi::SQLITE_CONSTRAINT_FOREIGNKEY => return StoreError::Conflict("a record this one refers to is gone"),
+                _ => {}
+            }
+        }
+        StoreError::Failed(err.to_string())
+    }
+}
+
 impl From<fred::error::Error> for StoreError {
     fn from(err: fred::error::Error) -> Self {
         use fred::error::ErrorKind as K;

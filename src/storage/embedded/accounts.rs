@@ -30,7 +30,7 @@ impl AccountStore for Sqlite {
         invite: Option<[u8; 32]>,
         now: i64,
     ) -> StoreResult<Result<(), CreateAccountError>> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         if let Some(hash) = invite {
             let expires_at: Option<i64> =
                 sqlx::query_scalar("DELETE FROM invites WHERE code_hash = ? RETURNING expires_at")
@@ -174,7 +174,7 @@ impl AccountStore for Sqlite {
     }
 
     async fn delete_device(&self, aci: Aci, device: DeviceId, now: i64) -> StoreResult<bool> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let done = sqlx::query("DELETE FROM devices WHERE aci = ? AND device_id = ?")
             .bind(aci_text(aci))
             .bind(i64::from(device.0))

@@ -101,7 +101,7 @@ impl AttachmentStore for Sqlite {
     }
 
     async fn delete_attachments(&self, id_hashes: &[[u8; 32]]) -> StoreResult<u64> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let mut deleted = 0;
         for id_hash in id_hashes {
             deleted += sqlx::query("DELETE FROM attachments WHERE id_hash = ?")

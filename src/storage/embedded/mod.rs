@@ -1,12 +1,14 @@
 //! Embedded deployment: one SQLite file (WAL) for everything durable, the one-time prekey pools and the
 //! message queues, plus in-process token buckets, bus, presence, leases and wakeup notes. One process, no services.
 //!
-//! This module owns opening the file (pragmas, the reader pool, the one writer connection and the
-//! checkpointer's connection) and assembling the [`Storage`]; each capability's SQL lives in its own
-//! file. Invariants: every write goes through the one writer connection (SQLite allows one writer at a
-//! time; queueing in our pool is cheaper than SQLite's busy handler); reads never use it. It must never
-//! start a task except through `tasks`, so that a stopping server waits for the writer to answer every
-//! queued write and for the last checkpoint.
+//! This module owns opening the file (pragmas, the reader pool, the pool of one connection for the rare
+//! writes, the per-message writer thread's connection and the checkpointer's connection) and assembling
+//! the [`Storage`]; each capability's SQL lives in its own file. Invariants: SQLite allows one writer at a
+//! time and there are two writing connections, so every write transaction begins IMMEDIATE (it takes the
+//! lock before its first read, and a collision waits in SQLite's busy handler instead of failing on a
+//! stale snapshot); reads never use a writing connection. It must never start a task except through
+//! `tasks`, so that a stopping server waits for the writer to answer every queued write and for the last
+//! checkpoint.
 
 mod accounts;
 mod attachments;
@@ -75,8 +77,12 @@ pub async fn migrate_only(_config: &Config, database_url: &str) -> StoreResult<u
 
 pub async fn connect(config: &Config, database_url: &str, tasks: &Tasks) -> StoreResult<Storage> {
     migrate_only(config, database_url).await?;
-    // The writer never checkpoints on commit (that would put an fsync of the database file in front of
-    // some unlucky message); a separate connection checkpoints in the background instead.
+    let path = snapshot::database_path(database_url)
+        .ok_or_else(|| StoreError::Config("the embedded store needs a database file, not :memory:".into()))?;
+    // The rare writes (registration, key uploads, removals, the reapers) use a pool of one connection; the
+    // per-message writes have a thread with its own (`writer.rs`). Neither checkpoints on commit (that would
+    // put an fsync of the database file in front of some unlucky request); a third connection checkpoints
+    // in the background instead.
     let writer = SqlitePoolOptions::new()
         .max_connections(1)
         .connect_with(options(database_url)?.pragma("wal_autocheckpoint", "0"))
@@ -87,7 +93,7 @@ pub async fn connect(config: &Config, database_url: &str, tasks: &Tasks) -> Stor
         .connect_with(options(database_url)?.read_only(true))
         .await?;
     let bus = Arc::new(LocalBus::new());
-    let batches = writer::start(tasks, writer.clone(), checkpointer, bus.clone());
+    let batches = writer::start(tasks, writer::open(&path)?, checkpointer, bus.clone())?;
     let limits = Arc::new(MemoryLimits::default());
     let db = Arc::new(Sqlite { reader, writer, batches, limits: limits.clone() });
     // A local file rarely fails, but a full disk or a stuck writer must answer 503 quickly like any store.
@@ -122,16 +128,16 @@ pub async fn connect(config: &Config, database_url: &str, tasks: &Tasks) -> Stor
 
 /// The SQLite store.
 ///
-/// SQLite allows one writer at a time. All writes go through a pool of exactly one connection, so they
-/// queue in the pool (a cheap async wait) instead of colliding on the file lock, where SQLite's busy
-/// handler would sleep and stretch latencies; reads use their own read-only connections, which WAL lets
-/// run beside the writer.
+/// SQLite allows one writer at a time. The per-message writes go to one thread that owns a connection and
+/// commits them in batches; the rare writes queue in a pool of exactly one connection (a cheap async wait),
+/// so at most two writers meet at the file lock; reads use their own read-only connections, which WAL lets
+/// run beside the writers.
 pub struct Sqlite {
     reader: SqlitePool,
     writer: SqlitePool,
     /// The in-process buckets, also used for the rate-limit token a queue push takes.
     limits: Arc<MemoryLimits>,
-    /// The per-message writes (queue pushes and acknowledgements, prekey claims) go to a task that commits
+    /// The per-message writes (queue pushes and acknowledgements, prekey claims) go to a thread that commits
     /// whatever has accumulated in one transaction: under load one commit serves many messages.
     batches: writer::Batches,
 }

@@ -1,21 +1,27 @@
 //! The group-commit writer of the embedded store, the queue lengths it remembers, and the WAL checkpointer.
 //!
 //! The per-message writes (queue pushes, acknowledgements, one-time prekey claims) are sent here as
-//! [`WriteOp`]s; one task commits whatever has accumulated in one transaction, so under load one fsync
-//! serves many messages. The SQL of those three writes lives here because it runs inside that shared
-//! transaction, beside the queue lengths it keeps current.
+//! [`WriteOp`]s; one thread that owns its own SQLite connection commits whatever has accumulated in one
+//! transaction, so under load one commit serves many messages. The thread runs the statements itself: a
+//! message costs one hand-off in and one answer out, not a hand-off per statement to a driver's worker
+//! thread (which is what made a message cost hundreds of microseconds of futex wake-ups). The SQL of those
+//! three writes lives here because it runs inside that shared transaction, beside the queue lengths it
+//! keeps current.
 //!
 //! Invariants: an op is answered only after its transaction committed (a push is acknowledged only once
-//! it is durable), and a failing batch is retried op by op so one bad op cannot fail its neighbours. On
-//! shutdown the writer takes no new op but answers every one already queued before it stops; then the
-//! checkpointer copies the WAL into the database file once more and closes its connection. Neither task
-//! must ever be started other than through `shutdown::Tasks`.
+//! it is durable), and a failing batch is retried op by op so one bad op cannot fail its neighbours. Every
+//! transaction here begins IMMEDIATE, and so must every other write transaction of the embedded store
+//! (the pool connection of `mod.rs`): a deferred one that read first could not take the write lock once
+//! this thread committed in between. On shutdown the writer takes no new op but answers every one already
+//! queued before it stops; then the checkpointer copies the WAL into the database file once more and closes
+//! its connection. Neither must ever be started other than through `start` (the thread is watched by a
+//! task of `shutdown::Tasks`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::SqlitePool;
+use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::{Aci, DeviceId};
@@ -33,6 +39,9 @@ const BATCH_QUEUE: usize = 4096;
 const MAX_BATCH: usize = 256;
 /// How often the background checkpoint copies the WAL into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+/// How long a write waits for the file's write lock (held by the pool connection for a rare write) before
+/// it fails.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Reply<T> = oneshot::Sender<StoreResult<T>>;
 
@@ -44,6 +53,8 @@ pub enum WriteOp {
     Push { aci: Aci, items: Vec<(Recipient, NewEnvelope)>, max_len: u32, reply: Reply<PushOutcome> },
     Ack { aci: Aci, device: DeviceId, guids: Vec<[u8; 16]>, reply: Reply<u64> },
     Claim { aci: Aci, device: DeviceId, reply: Reply<(Option<EcOneTimeKey>, Option<SignedKemKey>)> },
+    /// Sent by the watching task when the server stops: take nothing new, answer what is queued, end.
+    Stop,
 }
 
 /// The result of one op inside a transaction that is not committed yet.
@@ -54,14 +65,58 @@ enum Applied {
     Claim((Option<EcOneTimeKey>, Option<SignedKemKey>)),
 }
 
-/// Starts the batch writer on `pool` (the one writer connection) and the checkpointer on its own
-/// connection; returns where to send ops. A committed push wakes its devices' sockets through `bus`.
-pub fn start(tasks: &Tasks, pool: SqlitePool, checkpointer: sqlx::SqliteConnection, bus: Arc<LocalBus>) -> Batches {
+/// Opens the writer thread's own connection to the database file at `path`, with the pool's pragmas. It
+/// never checkpoints on commit (that would put an fsync of the database file in front of some unlucky
+/// message); the checkpointer does that in the background.
+pub fn open(path: &std::path::Path) -> StoreResult<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    Ok(conn)
+}
+
+/// Starts the batch writer's thread on `conn` (its own connection), a task that tells it when the server
+/// stops, and the checkpointer on its own connection; returns where to send ops. A committed push hands
+/// its envelopes to the devices' sockets through `bus`.
+pub fn start(
+    tasks: &Tasks,
+    conn: rusqlite::Connection,
+    checkpointer: sqlx::SqliteConnection,
+    bus: Arc<LocalBus>,
+) -> StoreResult<Batches> {
     let (batches, queued) = mpsc::channel(BATCH_QUEUE);
-    let (finished, writer_finished) = oneshot::channel();
-    tasks.spawn("sqlite writer", move |shutdown| run_batches(pool, queued, bus, shutdown, finished));
-    tasks.spawn("sqlite checkpointer", move |shutdown| checkpoint_regularly(checkpointer, writer_finished, shutdown));
-    batches
+    let (thread_finished, thread_done) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("sqlite-writer".into())
+        .spawn(move || run_batches(conn, queued, bus, thread_finished))
+        .map_err(|e| StoreError::Failed(format!("cannot start the SQLite writer thread: {e}")))?;
+    // Only a weak handle: the store dropping its senders must still end the thread.
+    let stop = batches.downgrade();
+    let (writer_finished, writer_done) = oneshot::channel::<()>();
+    tasks.spawn("sqlite writer", move |shutdown| watch_writer(stop, thread_done, shutdown, writer_finished));
+    tasks.spawn("sqlite checkpointer", move |shutdown| checkpoint_regularly(checkpointer, writer_done, shutdown));
+    Ok(batches)
+}
+
+/// Waits for the stop signal and passes it to the thread, then for the thread's last commit; dropping
+/// `_finished` on return tells the checkpointer.
+async fn watch_writer(
+    stop: mpsc::WeakSender<WriteOp>,
+    mut thread_done: oneshot::Receiver<()>,
+    mut shutdown: Shutdown,
+    _finished: oneshot::Sender<()>,
+) {
+    tokio::select! {
+        _ = &mut thread_done => return,
+        _ = shutdown.recv() => {}
+    }
+    if let Some(batches) = stop.upgrade() {
+        let _ = batches.send(WriteOp::Stop).await;
+    }
+    let _ = thread_done.await;
 }
 
 impl Sqlite {
@@ -74,45 +129,37 @@ impl Sqlite {
     }
 }
 
-/// Takes whatever ops are waiting (at least one, at most [`MAX_BATCH`]) and commits them in one
-/// transaction, until the store is dropped or `shutdown` fires and the ops queued by then are answered.
-/// `_finished` is dropped on return, which tells the checkpointer that the last commit is done.
-async fn run_batches(
-    pool: SqlitePool,
+/// The writer thread: takes whatever ops are waiting (at least one, at most [`MAX_BATCH`]) and commits
+/// them in one transaction, until the store is dropped or [`WriteOp::Stop`] comes and the ops queued by
+/// then are answered. `_finished` is dropped on return.
+fn run_batches(
+    mut conn: rusqlite::Connection,
     mut queued: mpsc::Receiver<WriteOp>,
     bus: Arc<LocalBus>,
-    mut shutdown: Shutdown,
     _finished: oneshot::Sender<()>,
 ) {
     let mut lengths = QueueLengths::default();
-    let mut stopping = false;
-    loop {
-        let next = if stopping {
-            queued.recv().await
-        } else {
-            tokio::select! {
-                op = queued.recv() => op,
-                _ = shutdown.recv() => {
-                    // Senders get an error from now on; what is already queued is still received below.
-                    queued.close();
-                    stopping = true;
-                    continue;
-                }
-            }
-        };
-        let Some(first) = next else { break };
+    while let Some(first) = queued.blocking_recv() {
         if lengths.known.len() > MAX_KNOWN_LENGTHS {
             lengths.known.clear();
         }
-        let mut ops = vec![first];
-        while ops.len() < MAX_BATCH {
-            match queued.try_recv() {
-                Ok(op) => ops.push(op),
-                Err(_) => break,
+        let mut ops = Vec::with_capacity(8);
+        let mut next = Some(first);
+        while let Some(op) = next.take() {
+            match op {
+                // Senders get an error from now on; what is already queued is still received.
+                WriteOp::Stop => queued.close(),
+                op => ops.push(op),
+            }
+            if ops.len() < MAX_BATCH {
+                next = queued.try_recv().ok();
             }
         }
+        if ops.is_empty() {
+            continue;
+        }
         metrics::histogram!("sealpost_sqlite_batch_size").record(ops.len() as f64);
-        match apply_batch(&pool, &ops, &mut lengths).await {
+        match apply_batch(&mut conn, &ops, &mut lengths) {
             Ok(results) => {
                 for (op, result) in ops.into_iter().zip(results) {
                     wake_if_queued(&bus, &op, &result);
@@ -121,8 +168,7 @@ async fn run_batches(
             }
             Err(_) if ops.len() > 1 => {
                 for op in ops {
-                    let result =
-                        apply_batch(&pool, std::slice::from_ref(&op), &mut lengths).await.map(|mut r| r.remove(0));
+                    let result = apply_batch(&mut conn, std::slice::from_ref(&op), &mut lengths).map(|mut r| r.remove(0));
                     if let Ok(applied) = &result {
                         wake_if_queued(&bus, &op, applied);
                     }
@@ -138,7 +184,7 @@ async fn run_batches(
     }
 }
 
-/// Once a push is committed, the sockets of its devices hear of it (the queue owns the wake-up).
+/// Once a push is committed, the sockets of its devices get its envelopes (the queue owns the wake-up).
 fn wake_if_queued(bus: &LocalBus, op: &WriteOp, result: &Applied) {
     if let (WriteOp::Push { aci, items, .. }, Applied::Push(PushOutcome::Queued, seqs)) = (op, result) {
         for ((recipient, item), &seq) in items.iter().zip(seqs) {
@@ -158,6 +204,7 @@ fn answer(op: WriteOp, result: StoreResult<Applied>) {
         (WriteOp::Push { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
         (WriteOp::Ack { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
         (WriteOp::Claim { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
+        (WriteOp::Stop, _) => {}
         (op, Ok(_)) => answer(op, Err(StoreError::Corrupt("batch result of the wrong kind"))),
     }
 }
@@ -183,32 +230,33 @@ impl QueueLengths {
     }
 }
 
-type Transaction<'c> = sqlx::Transaction<'c, sqlx::Sqlite>;
-
-async fn apply_batch(pool: &SqlitePool, ops: &[WriteOp], lengths: &mut QueueLengths) -> StoreResult<Vec<Applied>> {
+fn apply_batch(
+    conn: &mut rusqlite::Connection,
+    ops: &[WriteOp],
+    lengths: &mut QueueLengths,
+) -> StoreResult<Vec<Applied>> {
     lengths.pending.clear();
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut results = Vec::with_capacity(ops.len());
     for op in ops {
         results.push(match op {
             WriteOp::Push { aci, items, max_len, .. } => {
-                let (outcome, seqs) = push_in(&mut tx, *aci, items, *max_len, lengths).await?;
+                let (outcome, seqs) = push_in(&tx, *aci, items, *max_len, lengths)?;
                 Applied::Push(outcome, seqs)
             }
-            WriteOp::Ack { aci, device, guids, .. } => {
-                Applied::Ack(ack_in(&mut tx, *aci, *device, guids, lengths).await?)
-            }
-            WriteOp::Claim { aci, device, .. } => Applied::Claim(claim_in(&mut tx, *aci, *device).await?),
+            WriteOp::Ack { aci, device, guids, .. } => Applied::Ack(ack_in(&tx, *aci, *device, guids, lengths)?),
+            WriteOp::Claim { aci, device, .. } => Applied::Claim(claim_in(&tx, *aci, *device)?),
+            WriteOp::Stop => return Err(StoreError::Corrupt("a stop op in a batch")),
         });
     }
-    tx.commit().await?;
+    tx.commit()?;
     let committed = std::mem::take(&mut lengths.pending);
     lengths.known.extend(committed);
     Ok(results)
 }
 
-async fn push_in(
-    tx: &mut Transaction<'_>,
+fn push_in(
+    tx: &rusqlite::Transaction<'_>,
     aci: Aci,
     items: &[(Recipient, NewEnvelope)],
     max_len: u32,
@@ -216,15 +264,14 @@ async fn push_in(
 ) -> StoreResult<(PushOutcome, Vec<u64>)> {
     let now = crate::domain::now_millis();
     let max = i64::from(max_len);
+    let aci_text = aci_text(aci);
     for (recipient, _) in items {
         // A device removed (or replaced) since the sender looked: refuse rather than fail on the foreign
         // key, or worse, queue for a successor.
-        let incarnation: Option<i64> =
-            sqlx::query_scalar("SELECT incarnation FROM devices WHERE aci = ? AND device_id = ?")
-                .bind(aci_text(aci))
-                .bind(i64::from(recipient.device.0))
-                .fetch_optional(&mut **tx)
-                .await?;
+        let incarnation: Option<i64> = tx
+            .prepare_cached("SELECT incarnation FROM devices WHERE aci = ?1 AND device_id = ?2")?
+            .query_row(params![aci_text, i64::from(recipient.device.0)], |row| row.get(0))
+            .optional()?;
         if incarnation != Some(recipient.incarnation.0) {
             return Ok((PushOutcome::Gone(recipient.device), Vec::new()));
         }
@@ -236,14 +283,11 @@ async fn push_in(
             Some(known) if known < max => known,
             // Unknown, or looks full: count (expired envelopes are invisible and do not count).
             _ => {
-                let counted: i64 = sqlx::query_scalar(
-                    "SELECT count(*) FROM messages WHERE aci = ? AND device_id = ? AND expires_at > ?",
-                )
-                .bind(aci_text(aci))
-                .bind(i64::from(device.0))
-                .bind(now)
-                .fetch_one(&mut **tx)
-                .await?;
+                let counted: i64 = tx
+                    .prepare_cached(
+                        "SELECT count(*) FROM messages WHERE aci = ?1 AND device_id = ?2 AND expires_at > ?3",
+                    )?
+                    .query_row(params![aci_text, i64::from(device.0), now], |row| row.get(0))?;
                 lengths.pending.insert(key, counted);
                 counted
             }
@@ -257,39 +301,32 @@ async fn push_in(
         let length = lengths.get(&key).unwrap_or(0);
         lengths.pending.insert(key, length + 1);
     }
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO messages (aci, device_id, guid, expires_at, envelope) VALUES (?1, ?2, ?3, ?4, ?5) RETURNING seq",
+    )?;
     let mut seqs = Vec::with_capacity(items.len());
     for (recipient, item) in items {
-        let seq: i64 = sqlx::query_scalar(
-            "INSERT INTO messages (aci, device_id, guid, expires_at, envelope) VALUES (?, ?, ?, ?, ?) RETURNING seq",
-        )
-        .bind(aci_text(aci))
-        .bind(i64::from(recipient.device.0))
-        .bind(&item.guid[..])
-        .bind(item.expires_at)
-        .bind(&item.envelope)
-        .fetch_one(&mut **tx)
-        .await?;
+        let seq: i64 = insert.query_row(
+            params![aci_text, i64::from(recipient.device.0), &item.guid[..], item.expires_at, &item.envelope[..]],
+            |row| row.get(0),
+        )?;
         seqs.push(seq as u64);
     }
     Ok((PushOutcome::Queued, seqs))
 }
 
-async fn ack_in(
-    tx: &mut Transaction<'_>,
+fn ack_in(
+    tx: &rusqlite::Transaction<'_>,
     aci: Aci,
     device: DeviceId,
     guids: &[[u8; 16]],
     lengths: &mut QueueLengths,
 ) -> StoreResult<u64> {
+    let aci_text = aci_text(aci);
+    let mut delete = tx.prepare_cached("DELETE FROM messages WHERE guid = ?1 AND aci = ?2 AND device_id = ?3")?;
     let mut deleted = 0;
     for guid in guids {
-        let done = sqlx::query("DELETE FROM messages WHERE guid = ? AND aci = ? AND device_id = ?")
-            .bind(&guid[..])
-            .bind(aci_text(aci))
-            .bind(i64::from(device.0))
-            .execute(&mut **tx)
-            .await?;
-        deleted += done.rows_affected();
+        deleted += delete.execute(params![&guid[..], aci_text, i64::from(device.0)])? as u64;
     }
     if let Some(length) = lengths.get(&(aci, device)) {
         lengths.pending.insert((aci, device), (length - deleted as i64).max(0));
@@ -297,13 +334,13 @@ async fn ack_in(
     Ok(deleted)
 }
 
-async fn claim_in(
-    tx: &mut Transaction<'_>,
+fn claim_in(
+    tx: &rusqlite::Transaction<'_>,
     aci: Aci,
     device: DeviceId,
 ) -> StoreResult<(Option<EcOneTimeKey>, Option<SignedKemKey>)> {
-    let ec = claim_one(tx, aci, device, KIND_EC).await?;
-    let kem = claim_one(tx, aci, device, KIND_KEM).await?;
+    let ec = claim_one(tx, aci, device, KIND_EC)?;
+    let kem = claim_one(tx, aci, device, KIND_KEM)?;
     let ec = ec.map(|(id, public_key, _)| rows::one_time_ec(rows::key_id(id), &public_key)).transpose()?;
     let kem = kem
         .map(|(id, public_key, signature)| {
@@ -314,25 +351,23 @@ async fn claim_in(
     Ok((ec, kem))
 }
 
+/// A claimed pool row: key id, public key, signature (Kyber keys only).
+type ClaimedRow = (i64, Vec<u8>, Option<Vec<u8>>);
+
 /// Deletes the device's one-time key of `kind` with the smallest id and returns its `key_id, public_key,
 /// signature`. One DELETE … RETURNING inside the writer's transaction: the row a caller deletes is the row
 /// it receives, and nobody else can.
-async fn claim_one(
-    tx: &mut Transaction<'_>,
-    aci: Aci,
-    device: DeviceId,
-    kind: i16,
-) -> StoreResult<Option<(i64, Vec<u8>, Option<Vec<u8>>)>> {
-    Ok(sqlx::query_as(
-        "DELETE FROM one_time_keys WHERE rowid = (
-             SELECT rowid FROM one_time_keys WHERE aci = ? AND device_id = ? AND kind = ? ORDER BY key_id LIMIT 1)
-         RETURNING key_id, public_key, signature",
-    )
-    .bind(aci_text(aci))
-    .bind(i64::from(device.0))
-    .bind(i64::from(kind))
-    .fetch_optional(&mut **tx)
-    .await?)
+fn claim_one(tx: &rusqlite::Transaction<'_>, aci: Aci, device: DeviceId, kind: i16) -> StoreResult<Option<ClaimedRow>> {
+    Ok(tx
+        .prepare_cached(
+            "DELETE FROM one_time_keys WHERE rowid = (
+                 SELECT rowid FROM one_time_keys WHERE aci = ?1 AND device_id = ?2 AND kind = ?3 ORDER BY key_id LIMIT 1)
+             RETURNING key_id, public_key, signature",
+        )?
+        .query_row(params![aci_text(aci), i64::from(device.0), i64::from(kind)], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })
+        .optional()?)
 }
 
 /// Keeps the WAL short with PASSIVE checkpoints, which wait for nobody and block no writer, so the fsync
