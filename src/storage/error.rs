@@ -66,7 +66,9 @@ impl From<rusqlite::Error> for StoreError {
                 ffi::SQLITE_CONSTRAINT_UNIQUE | ffi::SQLITE_CONSTRAINT_PRIMARYKEY => {
                     return StoreError::Conflict("a record with this key exists");
                 }
-                ffi::SQLITE_CONSTRAINT_FOREIGNKEY => return StoreError::Conflict("a record this one refers to is gone"),
+                ffi::SQLITE_CONSTRAINT_FOREIGNKEY => {
+                    return StoreError::Conflict("a record this one refers to is gone");
+                }
                 _ => {}
             }
         }

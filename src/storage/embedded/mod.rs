@@ -12,6 +12,7 @@
 
 mod accounts;
 mod attachments;
+mod checkpoint;
 mod contacts;
 mod inventory;
 mod keys;

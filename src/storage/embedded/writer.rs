@@ -1,4 +1,4 @@
-//! The group-commit writer of the embedded store, the queue lengths it remembers, and the WAL checkpointer.
+//! The group-commit writer of the embedded store and the queue lengths it remembers.
 //!
 //! The per-message writes (queue pushes, acknowledgements, one-time prekey claims) are sent here as
 //! [`WriteOp`]s; one thread that owns its own SQLite connection commits whatever has accumulated in one
@@ -13,8 +13,8 @@
 //! transaction here begins IMMEDIATE, and so must every other write transaction of the embedded store
 //! (the pool connection of `mod.rs`): a deferred one that read first could not take the write lock once
 //! this thread committed in between. On shutdown the writer takes no new op but answers every one already
-//! queued before it stops; then the checkpointer copies the WAL into the database file once more and closes
-//! its connection. Neither must ever be started other than through `start` (the thread is watched by a
+//! queued before it stops; then the checkpointer (`checkpoint.rs`) copies the WAL into the database file
+//! once more. Neither must ever be started other than through `start` (the thread is watched by a
 //! task of `shutdown::Tasks`).
 
 use std::collections::HashMap;
@@ -37,8 +37,6 @@ use crate::storage::{
 const BATCH_QUEUE: usize = 4096;
 /// Ops committed together at most.
 const MAX_BATCH: usize = 256;
-/// How often the background checkpoint copies the WAL into the database file.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 /// How long a write waits for the file's write lock (held by the pool connection for a rare write) before
 /// it fails.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,9 +48,23 @@ pub type Batches = mpsc::Sender<WriteOp>;
 
 /// One per-message write for the batch writer, with where to send its result.
 pub enum WriteOp {
-    Push { aci: Aci, items: Vec<(Recipient, NewEnvelope)>, max_len: u32, reply: Reply<PushOutcome> },
-    Ack { aci: Aci, device: DeviceId, guids: Vec<[u8; 16]>, reply: Reply<u64> },
-    Claim { aci: Aci, device: DeviceId, reply: Reply<(Option<EcOneTimeKey>, Option<SignedKemKey>)> },
+    Push {
+        aci: Aci,
+        items: Vec<(Recipient, NewEnvelope)>,
+        max_len: u32,
+        reply: Reply<PushOutcome>,
+    },
+    Ack {
+        aci: Aci,
+        device: DeviceId,
+        guids: Vec<[u8; 16]>,
+        reply: Reply<u64>,
+    },
+    Claim {
+        aci: Aci,
+        device: DeviceId,
+        reply: Reply<(Option<EcOneTimeKey>, Option<SignedKemKey>)>,
+    },
     /// Sent by the watching task when the server stops: take nothing new, answer what is queued, end.
     Stop,
 }
@@ -97,7 +109,9 @@ pub fn start(
     let stop = batches.downgrade();
     let (writer_finished, writer_done) = oneshot::channel::<()>();
     tasks.spawn("sqlite writer", move |shutdown| watch_writer(stop, thread_done, shutdown, writer_finished));
-    tasks.spawn("sqlite checkpointer", move |shutdown| checkpoint_regularly(checkpointer, writer_done, shutdown));
+    tasks.spawn("sqlite checkpointer", move |shutdown| {
+        super::checkpoint::checkpoint_regularly(checkpointer, writer_done, shutdown)
+    });
     Ok(batches)
 }
 
@@ -168,7 +182,8 @@ fn run_batches(
             }
             Err(_) if ops.len() > 1 => {
                 for op in ops {
-                    let result = apply_batch(&mut conn, std::slice::from_ref(&op), &mut lengths).map(|mut r| r.remove(0));
+                    let result =
+                        apply_batch(&mut conn, std::slice::from_ref(&op), &mut lengths).map(|mut r| r.remove(0));
                     if let Ok(applied) = &result {
                         wake_if_queued(&bus, &op, applied);
                     }
@@ -368,37 +383,4 @@ fn claim_one(tx: &rusqlite::Transaction<'_>, aci: Aci, device: DeviceId, kind: i
             Ok((row.get(0)?, row.get(1)?, row.get(2)?))
         })
         .optional()?)
-}
-
-/// Keeps the WAL short with PASSIVE checkpoints, which wait for nobody and block no writer, so the fsync
-/// they need happens off every request's path. Once the writer has made its last commit (it stopped, or
-/// the store was dropped), checkpoints one last time so the database file holds everything.
-async fn checkpoint_regularly(
-    mut conn: sqlx::SqliteConnection,
-    mut writer_finished: oneshot::Receiver<()>,
-    mut shutdown: Shutdown,
-) {
-    let mut ticker = tokio::time::interval(CHECKPOINT_EVERY);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => checkpoint(&mut conn).await,
-            _ = &mut writer_finished => break,
-            _ = shutdown.recv() => {
-                // The writer is answering what was queued: its last commit must be in the final checkpoint.
-                let _ = writer_finished.await;
-                break;
-            }
-        }
-    }
-    checkpoint(&mut conn).await;
-    if let Err(err) = sqlx::Connection::close(conn).await {
-        tracing::debug!(error = %err, "closing the checkpointer's connection failed");
-    }
-}
-
-async fn checkpoint(conn: &mut sqlx::SqliteConnection) {
-    if let Err(err) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(conn).await {
-        tracing::warn!(error = %err, "WAL checkpoint failed");
-    }
 }
