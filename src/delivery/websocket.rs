@@ -41,8 +41,10 @@ const CLOSE_ERROR: u16 = 1011;
 /// Client frames handled in one go (their acknowledgements become one storage call).
 const MAX_FRAMES_AT_ONCE: usize = 256;
 
-/// Read buffer per socket: small, so that idle sockets stay cheap.
-const READ_BUFFER_BYTES: usize = 4096;
+/// Read buffer per socket, allocated up front and grown only for a frame that needs more. A client sends
+/// acknowledgements and keepalives (tens of bytes each, a dozen fit), so 512 bytes serve; at 4 KiB the
+/// buffer was the largest single allocation of an idle socket (docs/benchmarks.md).
+const READ_BUFFER_BYTES: usize = 512;
 
 pub fn routes() -> Router<Arc<App>> {
     Router::new().route("/v1/websocket", get(upgrade))
