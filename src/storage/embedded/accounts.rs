@@ -30,7 +30,7 @@ impl AccountStore for Sqlite {
         invite: Option<[u8; 32]>,
         now: i64,
     ) -> StoreResult<Result<(), CreateAccountError>> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
         if let Some(hash) = invite {
             let expires_at: Option<i64> =
                 sqlx::query_scalar("DELETE FROM invites WHERE code_hash = ? RETURNING expires_at")
@@ -70,7 +70,7 @@ impl AccountStore for Sqlite {
         sqlx::query("INSERT INTO invites (code_hash, expires_at) VALUES (?, ?)")
             .bind(&code_hash[..])
             .bind(expires_at)
-            .execute(&self.writer)
+            .execute(&*self.writer())
             .await?;
         Ok(())
     }
@@ -82,7 +82,7 @@ impl AccountStore for Sqlite {
         slots: &DeviceSlots,
     ) -> StoreResult<Result<DeviceId, AddDeviceError>> {
         // BEGIN IMMEDIATE takes the write lock before reading, so the count cannot change under us.
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
         let taken: Vec<i64> = sqlx::query_scalar(
             "SELECT d.device_id FROM accounts a JOIN devices d ON d.aci = a.aci WHERE a.aci = ? ORDER BY d.device_id",
         )
@@ -124,7 +124,7 @@ impl AccountStore for Sqlite {
     async fn approve(&self, aci: Aci) -> StoreResult<bool> {
         let done = sqlx::query("UPDATE accounts SET approved = 1 WHERE aci = ?")
             .bind(aci_text(aci))
-            .execute(&self.writer)
+            .execute(&*self.writer())
             .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -157,7 +157,7 @@ impl AccountStore for Sqlite {
             .bind(aci_text(aci))
             .bind(i64::from(device.0))
             .bind(day)
-            .execute(&self.writer)
+            .execute(&*self.writer())
             .await?;
         Ok(())
     }
@@ -174,7 +174,7 @@ impl AccountStore for Sqlite {
     }
 
     async fn delete_device(&self, aci: Aci, device: DeviceId, now: i64) -> StoreResult<bool> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
         let done = sqlx::query("DELETE FROM devices WHERE aci = ? AND device_id = ?")
             .bind(aci_text(aci))
             .bind(i64::from(device.0))
@@ -196,7 +196,8 @@ impl AccountStore for Sqlite {
     }
 
     async fn delete_account(&self, aci: Aci) -> StoreResult<bool> {
-        let done = sqlx::query("DELETE FROM accounts WHERE aci = ?").bind(aci_text(aci)).execute(&self.writer).await?;
+        let done =
+            sqlx::query("DELETE FROM accounts WHERE aci = ?").bind(aci_text(aci)).execute(&*self.writer()).await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -205,7 +206,7 @@ impl AccountStore for Sqlite {
             .bind(key.map(|k| k.0.to_vec()))
             .bind(unrestricted)
             .bind(aci_text(aci))
-            .execute(&self.writer)
+            .execute(&*self.writer())
             .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -215,7 +216,7 @@ impl AccountStore for Sqlite {
             .bind(&code_hash[..])
             .bind(aci_text(aci))
             .bind(expires_at)
-            .execute(&self.writer)
+            .execute(&*self.writer())
             .await?;
         Ok(())
     }
@@ -224,15 +225,17 @@ impl AccountStore for Sqlite {
         let spent: Option<(String, i64)> =
             sqlx::query_as("DELETE FROM link_codes WHERE code_hash = ? RETURNING aci, expires_at")
                 .bind(&code_hash[..])
-                .fetch_optional(&self.writer)
+                .fetch_optional(&*self.writer())
                 .await?;
         let Some((aci, expires_at)) = spent else { return Ok(None) };
         Ok(Some((Aci::parse(&aci).ok_or(StoreError::Corrupt("aci"))?, expires_at)))
     }
 
     async fn reap_codes(&self, now: i64) -> StoreResult<u64> {
-        let links = sqlx::query("DELETE FROM link_codes WHERE expires_at <= ?").bind(now).execute(&self.writer).await?;
-        let invites = sqlx::query("DELETE FROM invites WHERE expires_at <= ?").bind(now).execute(&self.writer).await?;
+        let links =
+            sqlx::query("DELETE FROM link_codes WHERE expires_at <= ?").bind(now).execute(&*self.writer()).await?;
+        let invites =
+            sqlx::query("DELETE FROM invites WHERE expires_at <= ?").bind(now).execute(&*self.writer()).await?;
         Ok(links.rows_affected() + invites.rows_affected())
     }
 

@@ -24,7 +24,7 @@ impl AttachmentStore for Sqlite {
             .bind(a.created_at)
             .bind(a.upload_until)
             .bind(a.expires_at)
-            .execute(&self.writer)
+            .execute(&*self.writer())
             .await?;
         Ok(())
     }
@@ -58,7 +58,7 @@ impl AttachmentStore for Sqlite {
     }
 
     async fn add_part(&self, id_hash: [u8; 32], part: &AttachmentPart, now: i64) -> StoreResult<bool> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
         let moved = sqlx::query(
             "UPDATE attachments SET received = received + ?,
                  completed_at = CASE WHEN received + ? = length THEN ? ELSE NULL END
@@ -101,7 +101,7 @@ impl AttachmentStore for Sqlite {
     }
 
     async fn delete_attachments(&self, id_hashes: &[[u8; 32]]) -> StoreResult<u64> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
         let mut deleted = 0;
         for id_hash in id_hashes {
             deleted += sqlx::query("DELETE FROM attachments WHERE id_hash = ?")

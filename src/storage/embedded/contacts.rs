@@ -33,7 +33,7 @@ fn decode(row: sqlx::sqlite::SqliteRow) -> StoreResult<ContactToken> {
 #[async_trait]
 impl ContactTokens for Sqlite {
     async fn create(&self, token: &NewContactToken, cap: &ContactCap) -> StoreResult<bool> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
         let existing = sqlx::query(&format!("SELECT aci, {COLUMNS} FROM contact_tokens WHERE aci = ?"))
             .bind(aci_text(token.owner))
             .fetch_all(&mut *tx)
@@ -75,7 +75,7 @@ impl ContactTokens for Sqlite {
         let done = sqlx::query("UPDATE contact_tokens SET revoked = 1 WHERE aci = ? AND id = ?")
             .bind(aci_text(owner))
             .bind(&id[..])
-            .execute(&self.writer)
+            .execute(&*self.writer())
             .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -90,7 +90,7 @@ impl ContactTokens for Sqlite {
     }
 
     async fn count_use(&self, id: [u8; 16], requester: [u8; 16]) -> StoreResult<bool> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
         let seen: Option<i64> =
             sqlx::query_scalar("SELECT 1 FROM contact_token_uses WHERE token_id = ? AND requester = ?")
                 .bind(&id[..])
@@ -122,7 +122,7 @@ impl ContactTokens for Sqlite {
     async fn reap(&self, now: i64) -> StoreResult<u64> {
         let done = sqlx::query("DELETE FROM contact_tokens WHERE revoked = 1 OR expires_at <= ?")
             .bind(now)
-            .execute(&self.writer)
+            .execute(&*self.writer())
             .await?;
         Ok(done.rows_affected())
     }

@@ -20,7 +20,7 @@ impl KeyStore for Sqlite {
         signed: Option<&SignedEcKey>,
         last_resort: Option<&SignedKemKey>,
     ) -> StoreResult<()> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
         for (kind, key_id, public_key, signature) in rows::signed_key_rows(signed, last_resort) {
             sqlx::query(
                 "INSERT INTO signed_keys (aci, device_id, kind, key_id, public_key, signature) VALUES (?, ?, ?, ?, ?, ?)

@@ -6,14 +6,16 @@
 //! the [`Storage`]; each capability's SQL lives in its own file. Invariants: SQLite allows one writer at a
 //! time and there are two writing connections, so every write transaction begins IMMEDIATE (it takes the
 //! lock before its first read, and a collision waits in SQLite's busy handler instead of failing on a
-//! stale snapshot); reads never use a writing connection. It must never start a task except through
-//! `tasks`, so that a stopping server waits for the writer to answer every queued write and for the last
-//! checkpoint.
+//! stale snapshot), and every rare write goes through [`Sqlite::writer`], which makes the batch writer yield
+//! to it (`gate.rs`) so a stream of messages cannot starve it; reads never use a writing connection. It
+//! must never start a task except through `tasks`, so that a stopping server waits for the writer to answer
+//! every queued write and for the last checkpoint.
 
 mod accounts;
 mod attachments;
 mod checkpoint;
 mod contacts;
+mod gate;
 mod inventory;
 mod keys;
 mod memory;
@@ -94,9 +96,10 @@ pub async fn connect(config: &Config, database_url: &str, tasks: &Tasks) -> Stor
         .connect_with(options(database_url)?.read_only(true))
         .await?;
     let bus = Arc::new(LocalBus::new());
-    let batches = writer::start(tasks, writer::open(&path)?, checkpointer, bus.clone())?;
+    let pool_writes = Arc::new(gate::PoolWrites::default());
+    let batches = writer::start(tasks, writer::open(&path)?, checkpointer, bus.clone(), pool_writes.clone())?;
     let limits = Arc::new(MemoryLimits::default());
-    let db = Arc::new(Sqlite { reader, writer, batches, limits: limits.clone() });
+    let db = Arc::new(Sqlite { reader, rare_writes: writer, pool_writes, batches, limits: limits.clone() });
     // A local file rarely fails, but a full disk or a stuck writer must answer 503 quickly like any store.
     let health = StoreHealth::new("sqlite", Duration::from_millis(config.store_timeout_ms));
     let blobs = ObjectBlobs::open(config)?;
@@ -135,12 +138,24 @@ pub async fn connect(config: &Config, database_url: &str, tasks: &Tasks) -> Stor
 /// run beside the writers.
 pub struct Sqlite {
     reader: SqlitePool,
-    writer: SqlitePool,
+    /// The pool of one connection for the rare writes; use it through [`Sqlite::writer`].
+    rare_writes: SqlitePool,
+    /// Rare writes waiting for the write lock or holding it: the batch writer yields to them.
+    pool_writes: Arc<gate::PoolWrites>,
     /// The in-process buckets, also used for the rate-limit token a queue push takes.
     limits: Arc<MemoryLimits>,
     /// The per-message writes (queue pushes and acknowledgements, prekey claims) go to a thread that commits
     /// whatever has accumulated in one transaction: under load one commit serves many messages.
     batches: writer::Batches,
+}
+
+impl Sqlite {
+    /// The rare writes' connection, announced to the batch writer for as long as the returned handle lives
+    /// (a statement, or the `BEGIN IMMEDIATE` of a transaction), so that it waits for the file's lock only
+    /// behind the batch in progress.
+    fn writer(&self) -> gate::PoolWriting<'_> {
+        self.pool_writes.enter(&self.rare_writes)
+    }
 }
 
 /// SQLite keeps an aci as its text form.

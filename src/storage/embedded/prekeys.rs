@@ -25,7 +25,7 @@ impl PreKeyPool for Sqlite {
         ec: Option<&[EcOneTimeKey]>,
         kem: Option<&[SignedKemKey]>,
     ) -> StoreResult<()> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
         let lists: [(i16, Option<Vec<PoolRow>>); 2] = [
             (KIND_EC, ec.map(|keys| keys.iter().map(|k| (k.key_id, k.public_key.0.to_vec(), None)).collect())),
             (
@@ -80,7 +80,7 @@ impl PreKeyPool for Sqlite {
         sqlx::query("DELETE FROM one_time_keys WHERE aci = ? AND device_id = ?")
             .bind(aci_text(aci))
             .bind(i64::from(device.0))
-            .execute(&self.writer)
+            .execute(&*self.writer())
             .await?;
         Ok(())
     }

@@ -22,7 +22,7 @@ impl PushSubscriptions for Sqlite {
         .bind(now)
         .bind(aci_text(aci))
         .bind(i64::from(device.0))
-        .execute(&self.writer)
+        .execute(&*self.writer())
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -43,7 +43,7 @@ impl PushSubscriptions for Sqlite {
         .bind(i64::from(device.0))
         .bind(only)
         .bind(only)
-        .execute(&self.writer)
+        .execute(&*self.writer())
         .await?;
         Ok(done.rows_affected() == 1)
     }

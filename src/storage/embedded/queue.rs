@@ -76,13 +76,13 @@ impl MessageQueue for Sqlite {
         sqlx::query("DELETE FROM messages WHERE aci = ? AND device_id = ?")
             .bind(aci_text(aci))
             .bind(i64::from(device.device.0))
-            .execute(&self.writer)
+            .execute(&*self.writer())
             .await?;
         Ok(())
     }
 
     async fn reap(&self, now: i64) -> StoreResult<u64> {
-        let done = sqlx::query("DELETE FROM messages WHERE expires_at <= ?").bind(now).execute(&self.writer).await?;
+        let done = sqlx::query("DELETE FROM messages WHERE expires_at <= ?").bind(now).execute(&*self.writer()).await?;
         Ok(done.rows_affected())
     }
 }

@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::{Aci, DeviceId};
 use crate::shutdown::{Shutdown, Tasks};
+use crate::storage::embedded::gate::PoolWrites;
 use crate::storage::embedded::memory::LocalBus;
 use crate::storage::embedded::{Sqlite, aci_text};
 use crate::storage::rows::{self, KIND_EC, KIND_KEM};
@@ -98,12 +99,13 @@ pub fn start(
     conn: rusqlite::Connection,
     checkpointer: sqlx::SqliteConnection,
     bus: Arc<LocalBus>,
+    pool_writes: Arc<PoolWrites>,
 ) -> StoreResult<Batches> {
     let (batches, queued) = mpsc::channel(BATCH_QUEUE);
     let (thread_finished, thread_done) = oneshot::channel();
     std::thread::Builder::new()
         .name("sqlite-writer".into())
-        .spawn(move || run_batches(conn, queued, bus, thread_finished))
+        .spawn(move || run_batches(conn, queued, bus, pool_writes, thread_finished))
         .map_err(|e| StoreError::Failed(format!("cannot start the SQLite writer thread: {e}")))?;
     // Only a weak handle: the store dropping its senders must still end the thread.
     let stop = batches.downgrade();
@@ -150,6 +152,7 @@ fn run_batches(
     mut conn: rusqlite::Connection,
     mut queued: mpsc::Receiver<WriteOp>,
     bus: Arc<LocalBus>,
+    pool_writes: Arc<PoolWrites>,
     _finished: oneshot::Sender<()>,
 ) {
     let mut lengths = QueueLengths::default();
@@ -172,6 +175,7 @@ fn run_batches(
         if ops.is_empty() {
             continue;
         }
+        pool_writes.yield_to_pool();
         metrics::histogram!("sealpost_sqlite_batch_size").record(ops.len() as f64);
         match apply_batch(&mut conn, &ops, &mut lengths) {
             Ok(results) => {
