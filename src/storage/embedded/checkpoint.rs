@@ -10,8 +10,11 @@ use tokio::sync::oneshot;
 
 use crate::shutdown::Shutdown;
 
-/// How often the background checkpoint copies the WAL into the database file.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+/// How often the background checkpoint copies the WAL into the database file. Often, so that each copy is
+/// small and the WAL stays short (every read looks pages up in the WAL's index first): against 500 ms,
+/// 100 ms cut the p99 at 10 % load by about a third and served about 40 % more bundle fetches
+/// (docs/benchmarks.md).
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
 /// Keeps the WAL short with PASSIVE checkpoints, which wait for nobody and block no writer, so the fsync
 /// they need happens off every request's path. Once the writer has made its last commit (it stopped, or
