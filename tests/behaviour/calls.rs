@@ -42,13 +42,16 @@ impl Coturn {
             .stderr(Stdio::null())
             .spawn()
             .expect("start turnserver");
-        // Listening once a STUN binding request gets an answer.
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // Owned before the wait, so a turnserver that never answers is still stopped (on drop).
+        let coturn = Coturn { child, port, dir };
+        // Listening once a STUN binding request gets an answer. Generous: on a loaded 2-core machine,
+        // with the whole suite running beside it, coturn has been seen to need more than 10 s.
+        let deadline = Instant::now() + Duration::from_secs(30);
         while !stun_answers(port) {
             assert!(Instant::now() < deadline, "turnserver did not start on port {port}");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Coturn { child, port, dir }
+        coturn
     }
 
     /// Runs coturn's client: two clients allocate relays with these credentials and send to each other
