@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use sqlx::{Connection, SqlitePool};
 
 use crate::config::Config;
@@ -46,13 +46,16 @@ use crate::storage::{
     Storage, StoreError, StoreResult,
 };
 
+/// The settings of every connection to the file, whichever driver opens it (sqlx for the pools and the
+/// checkpointer, rusqlite for the batch writer): WAL, commits without fsync of the WAL (a crash of the
+/// machine can lose the last commits, never corrupt), foreign keys enforced.
+const PRAGMAS: [(&str, &str); 3] = [("journal_mode", "WAL"), ("synchronous", "NORMAL"), ("foreign_keys", "ON")];
+/// How long a connection waits for another's write lock before its statement fails.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
 fn options(database_url: &str) -> StoreResult<SqliteConnectOptions> {
-    Ok(SqliteConnectOptions::from_str(database_url)?
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
-        .foreign_keys(true)
-        .busy_timeout(Duration::from_secs(10)))
+    let options = SqliteConnectOptions::from_str(database_url)?.create_if_missing(true).busy_timeout(BUSY_TIMEOUT);
+    Ok(PRAGMAS.iter().fold(options, |options, (name, value)| options.pragma(*name, *value)))
 }
 
 fn ensure_parent(database_url: &str) -> StoreResult<()> {
