@@ -19,7 +19,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
@@ -38,9 +37,6 @@ use crate::storage::{
 const BATCH_QUEUE: usize = 4096;
 /// Ops committed together at most.
 const MAX_BATCH: usize = 256;
-/// How long a write waits for the file's write lock (held by the pool connection for a rare write) before
-/// it fails.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Reply<T> = oneshot::Sender<StoreResult<T>>;
 
@@ -78,15 +74,15 @@ enum Applied {
     Claim((Option<EcOneTimeKey>, Option<SignedKemKey>)),
 }
 
-/// Opens the writer thread's own connection to the database file at `path`, with the pool's pragmas. It
-/// never checkpoints on commit (that would put an fsync of the database file in front of some unlucky
-/// message); the checkpointer does that in the background.
+/// Opens the writer thread's own connection to the database file at `path`, with the settings of every
+/// connection (`mod.rs`). It never checkpoints on commit (that would put an fsync of the database file in
+/// front of some unlucky message); the checkpointer does that in the background.
 pub fn open(path: &std::path::Path) -> StoreResult<rusqlite::Connection> {
     let conn = rusqlite::Connection::open(path)?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
-    conn.pragma_update(None, "foreign_keys", true)?;
+    conn.busy_timeout(super::BUSY_TIMEOUT)?;
+    for (name, value) in super::PRAGMAS {
+        conn.pragma_update(None, name, value)?;
+    }
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     Ok(conn)
 }
