@@ -175,17 +175,17 @@ fn run_batches(
         metrics::histogram!("sealpost_sqlite_batch_size").record(ops.len() as f64);
         match apply_batch(&mut conn, &ops, &mut lengths) {
             Ok(results) => {
-                for (op, result) in ops.into_iter().zip(results) {
-                    wake_if_queued(&bus, &op, &result);
+                for (mut op, result) in ops.into_iter().zip(results) {
+                    wake_if_queued(&bus, &mut op, &result);
                     answer(op, Ok(result));
                 }
             }
             Err(_) if ops.len() > 1 => {
-                for op in ops {
+                for mut op in ops {
                     let result =
                         apply_batch(&mut conn, std::slice::from_ref(&op), &mut lengths).map(|mut r| r.remove(0));
                     if let Ok(applied) = &result {
-                        wake_if_queued(&bus, &op, applied);
+                        wake_if_queued(&bus, &mut op, applied);
                     }
                     answer(op, result);
                 }
@@ -200,11 +200,12 @@ fn run_batches(
 }
 
 /// Once a push is committed, the sockets of its devices get its envelopes (the queue owns the wake-up).
-fn wake_if_queued(bus: &LocalBus, op: &WriteOp, result: &Applied) {
+/// The committed op needs its envelopes no more, so they move to the bus rather than being copied.
+fn wake_if_queued(bus: &LocalBus, op: &mut WriteOp, result: &Applied) {
     if let (WriteOp::Push { aci, items, .. }, Applied::Push(PushOutcome::Queued, seqs)) = (op, result) {
-        for ((recipient, item), &seq) in items.iter().zip(seqs) {
-            let queued =
-                QueuedEnvelope { seq, guid: item.guid, expires_at: item.expires_at, envelope: item.envelope.clone() };
+        for ((recipient, item), &seq) in items.iter_mut().zip(seqs) {
+            let envelope = std::mem::take(&mut item.envelope);
+            let queued = QueuedEnvelope { seq, guid: item.guid, expires_at: item.expires_at, envelope };
             bus.queued(*aci, recipient.device, queued);
         }
     }
