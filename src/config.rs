@@ -291,6 +291,10 @@ config_struct! {
     max_request_bytes: usize = "1048576", "SEALPOST_MAX_REQUEST_BYTES", false;
     /// One-time prekeys of one kind accepted in a single `PUT /v1/keys`.
     max_keys_per_upload: usize = "100", "SEALPOST_MAX_KEYS_PER_UPLOAD", false;
+    /// Embedded store: one-time prekeys of one kind a device whose bundle is fetched often may have taken from the database ahead of demand (claims then cost no write; a crash loses them, never hands one out twice; a stop puts them back). 0 or 1 takes every claim from the database.
+    prekey_reserve_max: usize = "16", "SEALPOST_PREKEY_RESERVE_MAX", false;
+    /// Embedded store: devices holding such a reserve at once, at most (beyond it claims take one key at a time).
+    prekey_reserve_devices: usize = "10000", "SEALPOST_PREKEY_RESERVE_DEVICES", false;
     /// Header holding the client address when sealpost runs behind a trusted proxy (e.g. `x-forwarded-for`; the last address over all lines of the header, the one the proxy appended, is used). Empty means the TCP peer address.
     trusted_proxy_header: Option<String> = "", "SEALPOST_TRUSTED_PROXY_HEADER", false;
     /// Per-IP rate limits count an IPv6 client by this many leading bits of its address (one subscriber usually holds a whole /64); 128 counts every address apart.

@@ -23,6 +23,7 @@ mod moving;
 mod operations;
 mod outages;
 mod pki;
+mod prekey_reserve;
 mod processes;
 mod push;
 mod push_contract;

@@ -331,7 +331,7 @@ impl Remote {
     }
 }
 
-fn backend_env(backend: Backend, dir: &std::path::Path) -> (Vec<(&'static str, String)>, Option<String>) {
+pub fn backend_env(backend: Backend, dir: &std::path::Path) -> (Vec<(&'static str, String)>, Option<String>) {
     let mut envs = vec![("SEALPOST_DATA_DIR", dir.display().to_string())];
     let mut schema = None;
     if backend == Backend::ScaleOut {
@@ -345,7 +345,7 @@ fn backend_env(backend: Backend, dir: &std::path::Path) -> (Vec<(&'static str, S
     (envs, schema)
 }
 
-async fn cleanup(schema: Option<String>, dir: std::path::PathBuf) {
+pub async fn cleanup(schema: Option<String>, dir: std::path::PathBuf) {
     if let Some(schema) = schema {
         drop_schema(&schema).await;
         delete_prefix(&format!("{schema}:")).await;
@@ -354,13 +354,19 @@ async fn cleanup(schema: Option<String>, dir: std::path::PathBuf) {
 }
 
 /// A registered device of a server in another process, with keys uploaded.
-struct RemoteUser {
-    aci: String,
-    token: String,
+pub struct RemoteUser {
+    pub aci: String,
+    pub token: String,
     registration_id: u16,
 }
 
-async fn remote_user(base: &str) -> RemoteUser {
+/// Registers a device on the server at `base` and uploads its keys, with 2 one-time keys of each kind.
+pub async fn remote_user(base: &str) -> RemoteUser {
+    remote_user_with(base, 2).await
+}
+
+/// Registers a device on the server at `base` and uploads its keys, with `one_time` one-time keys of each kind.
+pub async fn remote_user_with(base: &str, one_time: u32) -> RemoteUser {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD;
     let http = reqwest::Client::new();
@@ -393,7 +399,7 @@ async fn remote_user(base: &str) -> RemoteUser {
     let status = http
         .put(format!("{base}/v1/keys"))
         .bearer_auth(&token)
-        .json(&full_upload(&identity, 2))
+        .json(&full_upload(&identity, one_time))
         .send()
         .await
         .expect("keys")

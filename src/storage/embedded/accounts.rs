@@ -174,6 +174,8 @@ impl AccountStore for Sqlite {
     }
 
     async fn delete_device(&self, aci: Aci, device: DeviceId, now: i64) -> StoreResult<bool> {
+        // Its one-time keys go with it (a cascade), and so must what the reserves hold of them.
+        self.reserves.forget(aci, device);
         let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
         let done = sqlx::query("DELETE FROM devices WHERE aci = ? AND device_id = ?")
             .bind(aci_text(aci))
@@ -192,12 +194,15 @@ impl AccountStore for Sqlite {
             .await?;
         }
         tx.commit().await?;
+        self.reserves.forget(aci, device);
         Ok(done.rows_affected() == 1)
     }
 
     async fn delete_account(&self, aci: Aci) -> StoreResult<bool> {
+        self.reserves.forget_account(aci);
         let done =
             sqlx::query("DELETE FROM accounts WHERE aci = ?").bind(aci_text(aci)).execute(&*self.writer()).await?;
+        self.reserves.forget_account(aci);
         Ok(done.rows_affected() == 1)
     }
 

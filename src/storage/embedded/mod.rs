@@ -19,9 +19,11 @@ mod gate;
 mod inventory;
 mod keys;
 mod memory;
+mod prekey_rows;
 mod prekeys;
 mod push;
 mod queue;
+mod reserve;
 pub mod snapshot;
 mod wakeups;
 mod writer;
@@ -100,9 +102,11 @@ pub async fn connect(config: &Config, database_url: &str, tasks: &Tasks) -> Stor
         .await?;
     let bus = Arc::new(LocalBus::new());
     let pool_writes = Arc::new(gate::PoolWrites::default());
-    let batches = writer::start(tasks, writer::open(&path)?, checkpointer, bus.clone(), pool_writes.clone())?;
+    let reserves = Arc::new(reserve::Reserves::new(config.prekey_reserve_max, config.prekey_reserve_devices));
+    let shared = writer::Shared { bus: bus.clone(), pool_writes: pool_writes.clone(), reserves: reserves.clone() };
+    let batches = writer::start(tasks, writer::open(&path)?, checkpointer, shared)?;
     let limits = Arc::new(MemoryLimits::default());
-    let db = Arc::new(Sqlite { reader, rare_writes: writer, pool_writes, batches, limits: limits.clone() });
+    let db = Arc::new(Sqlite { reader, rare_writes: writer, pool_writes, batches, limits: limits.clone(), reserves });
     // A local file rarely fails, but a full disk or a stuck writer must answer 503 quickly like any store.
     let health = StoreHealth::new("sqlite", Duration::from_millis(config.store_timeout_ms));
     let blobs = ObjectBlobs::open(config)?;
@@ -150,6 +154,8 @@ pub struct Sqlite {
     /// The per-message writes (queue pushes and acknowledgements, prekey claims) go to a thread that commits
     /// whatever has accumulated in one transaction: under load one commit serves many messages.
     batches: writer::Batches,
+    /// One-time prekeys taken from the table ahead of demand for devices claimed from often (`reserve.rs`).
+    reserves: Arc<reserve::Reserves>,
 }
 
 impl Sqlite {

@@ -1,13 +1,16 @@
 //! One-time prekey pools in SQLite (`one_time_keys`: kind 1 EC, kind 2 Kyber with its signature).
 //!
-//! Owns the SQL of [`PreKeyPool`] except the claim, which the group-commit writer (`writer.rs`) runs as a
-//! DELETE … RETURNING inside its transaction. Invariant: a one-time prekey is returned to at most one
-//! caller, since the row a claim deletes is the row it returns. It never hands out a key without
-//! deleting it.
+//! Owns the SQL of [`PreKeyPool`]. A claim is served from the device's reserve (`reserve.rs`) when it holds
+//! keys, else the group-commit writer (`writer.rs`) runs `prekey_rows::take` inside its transaction: a DELETE …
+//! RETURNING of the next keys, the first for the caller and the rest for the reserve. Invariant: a
+//! one-time prekey is returned to at most one caller, since the rows a claim deletes are the rows it
+//! returns or reserves, and a reserved key leaves the reserve only once. It never hands out a key
+//! without deleting it first.
 
 use async_trait::async_trait;
 
 use crate::domain::{Aci, DeviceId};
+use crate::storage::embedded::reserve::{Claim, Claimed};
 use crate::storage::embedded::writer::WriteOp;
 use crate::storage::embedded::{Sqlite, aci_text};
 use crate::storage::rows::{KIND_EC, KIND_KEM};
@@ -25,6 +28,9 @@ impl PreKeyPool for Sqlite {
         ec: Option<&[EcOneTimeKey]>,
         kem: Option<&[SignedKemKey]>,
     ) -> StoreResult<()> {
+        // Before (no key put back at a stop lands in the new pool) and after (no key of the old one stays
+        // reserved): see `reserve.rs`.
+        self.reserves.forget(aci, device);
         let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
         let lists: [(i16, Option<Vec<PoolRow>>); 2] = [
             (KIND_EC, ec.map(|keys| keys.iter().map(|k| (k.key_id, k.public_key.0.to_vec(), None)).collect())),
@@ -57,9 +63,11 @@ impl PreKeyPool for Sqlite {
             }
         }
         tx.commit().await?;
+        self.reserves.forget(aci, device);
         Ok(())
     }
 
+    /// What the table holds plus what the device's reserve holds: reserved keys are still to be handed out.
     async fn counts(&self, aci: Aci, device: DeviceId) -> StoreResult<(u32, u32)> {
         let (ec, kem): (i64, i64) = sqlx::query_as(
             "SELECT COALESCE(SUM(kind = 1), 0) AS ec, COALESCE(SUM(kind = 2), 0) AS kem
@@ -69,19 +77,33 @@ impl PreKeyPool for Sqlite {
         .bind(i64::from(device.0))
         .fetch_one(&self.reader)
         .await?;
-        Ok((ec as u32, kem as u32))
+        let (held_ec, held_kem) = self.reserves.held(aci, device);
+        Ok((ec as u32 + held_ec as u32, kem as u32 + held_kem as u32))
     }
 
-    async fn claim(&self, aci: Aci, device: DeviceId) -> StoreResult<(Option<EcOneTimeKey>, Option<SignedKemKey>)> {
-        self.batched(|reply| WriteOp::Claim { aci, device, reply }).await
+    async fn claim(&self, aci: Aci, device: DeviceId) -> StoreResult<Claimed> {
+        let fetch = match self.reserves.claim(aci, device) {
+            Claim::Ready(claimed) => return Ok(claimed),
+            Claim::Fetch(fetch) => fetch,
+        };
+        let (ec, kem) = (fetch.ec, fetch.kem);
+        match self.batched(|reply| WriteOp::Claim { aci, device, ec, kem, reply }).await {
+            Ok(taken) => Ok(self.reserves.settle(aci, device, fetch, taken)),
+            Err(err) => {
+                self.reserves.put_back(aci, device, fetch);
+                Err(err)
+            }
+        }
     }
 
     async fn remove_device(&self, aci: Aci, device: DeviceId) -> StoreResult<()> {
+        self.reserves.forget(aci, device);
         sqlx::query("DELETE FROM one_time_keys WHERE aci = ? AND device_id = ?")
             .bind(aci_text(aci))
             .bind(i64::from(device.0))
             .execute(&*self.writer())
             .await?;
+        self.reserves.forget(aci, device);
         Ok(())
     }
 }

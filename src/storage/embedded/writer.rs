@@ -27,11 +27,10 @@ use crate::domain::{Aci, DeviceId};
 use crate::shutdown::{Shutdown, Tasks};
 use crate::storage::embedded::gate::PoolWrites;
 use crate::storage::embedded::memory::LocalBus;
+use crate::storage::embedded::prekey_rows;
+use crate::storage::embedded::reserve::{Reserves, Taken};
 use crate::storage::embedded::{Sqlite, aci_text};
-use crate::storage::rows::{self, KIND_EC, KIND_KEM};
-use crate::storage::{
-    EcOneTimeKey, NewEnvelope, PushOutcome, QueuedEnvelope, Recipient, SignedKemKey, StoreError, StoreResult,
-};
+use crate::storage::{NewEnvelope, PushOutcome, QueuedEnvelope, Recipient, StoreError, StoreResult};
 
 /// Ops waiting for the batch writer before senders have to wait for room.
 const BATCH_QUEUE: usize = 4096;
@@ -57,10 +56,13 @@ pub enum WriteOp {
         guids: Vec<[u8; 16]>,
         reply: Reply<u64>,
     },
+    /// Take up to `ec` and `kem` one-time keys of the device, in key-id order (`prekeys.rs`).
     Claim {
         aci: Aci,
         device: DeviceId,
-        reply: Reply<(Option<EcOneTimeKey>, Option<SignedKemKey>)>,
+        ec: usize,
+        kem: usize,
+        reply: Reply<Taken>,
     },
     /// Sent by the watching task when the server stops: take nothing new, answer what is queued, end.
     Stop,
@@ -71,7 +73,7 @@ enum Applied {
     /// The outcome, and when queued the queue position of each item.
     Push(PushOutcome, Vec<u64>),
     Ack(u64),
-    Claim((Option<EcOneTimeKey>, Option<SignedKemKey>)),
+    Claim(Taken),
 }
 
 /// Opens the writer thread's own connection to the database file at `path`, with the settings of every
@@ -87,21 +89,27 @@ pub fn open(path: &std::path::Path) -> StoreResult<rusqlite::Connection> {
     Ok(conn)
 }
 
+/// What the writer thread shares with the store: the bus a committed push hands its envelopes to, the
+/// rare writes it yields to, and the prekey reserves it puts back into the table at a stop.
+pub struct Shared {
+    pub bus: Arc<LocalBus>,
+    pub pool_writes: Arc<PoolWrites>,
+    pub reserves: Arc<Reserves>,
+}
+
 /// Starts the batch writer's thread on `conn` (its own connection), a task that tells it when the server
-/// stops, and the checkpointer on its own connection; returns where to send ops. A committed push hands
-/// its envelopes to the devices' sockets through `bus`.
+/// stops, and the checkpointer on its own connection; returns where to send ops.
 pub fn start(
     tasks: &Tasks,
     conn: rusqlite::Connection,
     checkpointer: sqlx::SqliteConnection,
-    bus: Arc<LocalBus>,
-    pool_writes: Arc<PoolWrites>,
+    shared: Shared,
 ) -> StoreResult<Batches> {
     let (batches, queued) = mpsc::channel(BATCH_QUEUE);
     let (thread_finished, thread_done) = oneshot::channel();
     std::thread::Builder::new()
         .name("sqlite-writer".into())
-        .spawn(move || run_batches(conn, queued, bus, pool_writes, thread_finished))
+        .spawn(move || run_batches(conn, queued, shared, thread_finished))
         .map_err(|e| StoreError::Failed(format!("cannot start the SQLite writer thread: {e}")))?;
     // Only a weak handle: the store dropping its senders must still end the thread.
     let stop = batches.downgrade();
@@ -143,14 +151,14 @@ impl Sqlite {
 
 /// The writer thread: takes whatever ops are waiting (at least one, at most [`MAX_BATCH`]) and commits
 /// them in one transaction, until the store is dropped or [`WriteOp::Stop`] comes and the ops queued by
-/// then are answered. `_finished` is dropped on return.
+/// then are answered; then the reserved prekeys go back into the table. `_finished` is dropped on return.
 fn run_batches(
     mut conn: rusqlite::Connection,
     mut queued: mpsc::Receiver<WriteOp>,
-    bus: Arc<LocalBus>,
-    pool_writes: Arc<PoolWrites>,
+    shared: Shared,
     _finished: oneshot::Sender<()>,
 ) {
+    let Shared { bus, pool_writes, reserves } = shared;
     let mut lengths = QueueLengths::default();
     while let Some(first) = queued.blocking_recv() {
         if lengths.known.len() > MAX_KNOWN_LENGTHS {
@@ -196,6 +204,9 @@ fn run_batches(
                 }
             }
         }
+    }
+    if let Err(err) = prekey_rows::put_back(&mut conn, &reserves) {
+        tracing::warn!(error = %err, "could not put the reserved one-time prekeys back; they are lost");
     }
 }
 
@@ -261,7 +272,9 @@ fn apply_batch(
                 Applied::Push(outcome, seqs)
             }
             WriteOp::Ack { aci, device, guids, .. } => Applied::Ack(ack_in(&tx, *aci, *device, guids, lengths)?),
-            WriteOp::Claim { aci, device, .. } => Applied::Claim(claim_in(&tx, *aci, *device)?),
+            WriteOp::Claim { aci, device, ec, kem, .. } => {
+                Applied::Claim(prekey_rows::take(&tx, *aci, *device, *ec, *kem)?)
+            }
             WriteOp::Stop => return Err(StoreError::Corrupt("a stop op in a batch")),
         });
     }
@@ -348,40 +361,4 @@ fn ack_in(
         lengths.pending.insert((aci, device), (length - deleted as i64).max(0));
     }
     Ok(deleted)
-}
-
-fn claim_in(
-    tx: &rusqlite::Transaction<'_>,
-    aci: Aci,
-    device: DeviceId,
-) -> StoreResult<(Option<EcOneTimeKey>, Option<SignedKemKey>)> {
-    let ec = claim_one(tx, aci, device, KIND_EC)?;
-    let kem = claim_one(tx, aci, device, KIND_KEM)?;
-    let ec = ec.map(|(id, public_key, _)| rows::one_time_ec(rows::key_id(id), &public_key)).transpose()?;
-    let kem = kem
-        .map(|(id, public_key, signature)| {
-            let signature = signature.ok_or(StoreError::Corrupt("kem signature"))?;
-            rows::signed_kem(rows::key_id(id), public_key, &signature)
-        })
-        .transpose()?;
-    Ok((ec, kem))
-}
-
-/// A claimed pool row: key id, public key, signature (Kyber keys only).
-type ClaimedRow = (i64, Vec<u8>, Option<Vec<u8>>);
-
-/// Deletes the device's one-time key of `kind` with the smallest id and returns its `key_id, public_key,
-/// signature`. One DELETE … RETURNING inside the writer's transaction: the row a caller deletes is the row
-/// it receives, and nobody else can.
-fn claim_one(tx: &rusqlite::Transaction<'_>, aci: Aci, device: DeviceId, kind: i16) -> StoreResult<Option<ClaimedRow>> {
-    Ok(tx
-        .prepare_cached(
-            "DELETE FROM one_time_keys WHERE rowid = (
-                 SELECT rowid FROM one_time_keys WHERE aci = ?1 AND device_id = ?2 AND kind = ?3 ORDER BY key_id LIMIT 1)
-             RETURNING key_id, public_key, signature",
-        )?
-        .query_row(params![aci_text(aci), i64::from(device.0), i64::from(kind)], |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-        })
-        .optional()?)
 }
