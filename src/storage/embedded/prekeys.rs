@@ -82,9 +82,13 @@ impl PreKeyPool for Sqlite {
     }
 
     async fn claim(&self, aci: Aci, device: DeviceId) -> StoreResult<Claimed> {
-        let fetch = match self.reserves.claim(aci, device) {
-            Claim::Ready(claimed) => return Ok(claimed),
-            Claim::Fetch(fetch) => fetch,
+        let mut turn = None;
+        let fetch = loop {
+            match self.reserves.claim(aci, device, turn.is_some()) {
+                Claim::Ready(claimed) => return Ok(claimed),
+                Claim::Fetch(fetch) => break fetch,
+                Claim::Queue(queue) => turn = Some(queue.lock_owned().await),
+            }
         };
         let (ec, kem) = (fetch.ec, fetch.kem);
         match self.batched(|reply| WriteOp::Claim { aci, device, ec, kem, reply }).await {

@@ -15,7 +15,7 @@
 //! dropped, never reserved.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::domain::{Aci, DeviceId};
@@ -43,6 +43,10 @@ pub enum Claim {
     Ready(Claimed),
     /// The table must be asked; settle with [`Reserves::settle`] (or [`Reserves::put_back`] on failure).
     Fetch(Fetch),
+    /// The table must be asked, but only by one claim of the device at a time: take this turn, then claim
+    /// again. Otherwise a claim could find the table empty while the keys another fetch took are on their
+    /// way into the reserve, and hand out no key although the device has some.
+    Queue(Arc<tokio::sync::Mutex<()>>),
 }
 
 /// What a claim must fetch from the table, and what it already holds from the reserve.
@@ -80,6 +84,8 @@ struct Reserve {
     last_claim: Option<Instant>,
     /// Keys of each kind the next fetch from the table takes.
     batch: usize,
+    /// Held by the one claim of the device that fetches from the table.
+    turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 struct Kind<K> {
@@ -95,6 +101,11 @@ impl<K> Default for Kind<K> {
 }
 
 impl<K> Kind<K> {
+    /// Whether a claim gets this kind's answer without the table.
+    fn ready(&self) -> bool {
+        !self.keys.is_empty() || self.empty
+    }
+
     /// The next key, or `Err(())` when the table must be asked.
     fn pop(&mut self) -> Result<Option<K>, ()> {
         match self.keys.pop_front() {
@@ -135,8 +146,9 @@ impl Reserves {
     }
 
     /// A claim's keys straight from the reserve, or what it must fetch from the table (and the keys it
-    /// already took from the reserve, to go with the fetched ones in [`Reserves::settle`]).
-    pub fn claim(&self, aci: Aci, device: DeviceId) -> Claim {
+    /// already took from the reserve, to go with the fetched ones in [`Reserves::settle`]). `has_turn`: the
+    /// caller holds the device's turn from an earlier [`Claim::Queue`].
+    pub fn claim(&self, aci: Aci, device: DeviceId, has_turn: bool) -> Claim {
         let now = Instant::now();
         let mut inner = self.lock();
         inner.since_sweep += 1;
@@ -156,9 +168,14 @@ impl Reserves {
                 kem: Kind::default(),
                 last_claim: None,
                 batch: 1,
+                turn: Arc::default(),
             }),
             None => return Claim::Fetch(Fetch { ec: 1, kem: 1, held: (None, None), slot, epoch }),
         };
+        let ready = reserve.ec.ready() && reserve.kem.ready();
+        if !has_turn && !ready {
+            return Claim::Queue(reserve.turn.clone());
+        }
         let busy = reserve.last_claim.is_some_and(|t| now - t < BUSY_WINDOW);
         reserve.last_claim = Some(now);
         let (ec, kem) = match (reserve.ec.pop(), reserve.kem.pop()) {
@@ -290,8 +307,9 @@ mod tests {
         let mut handed = Vec::new();
         let mut fetches = Vec::new();
         for _ in 0..20 {
-            let claimed = match reserves.claim(aci, device) {
+            let claimed = match reserves.claim(aci, device, true) {
                 Claim::Ready(claimed) => claimed,
+                Claim::Queue(_) => panic!("a claim with the turn queued"),
                 Claim::Fetch(fetch) => {
                     fetches.push(fetch.ec);
                     let ec = (0..fetch.ec).filter_map(|_| table.pop_front()).map(ec).collect();
@@ -303,7 +321,10 @@ mod tests {
         assert_eq!(handed, (1..=20).collect::<Vec<_>>());
         assert_eq!(fetches[..4], [1, 2, 4, 4]);
         assert_eq!(fetches.len(), 7, "{fetches:?}");
-        assert!(matches!(reserves.claim(aci, device), Claim::Ready((None, None))), "an emptied pool is asked again");
+        assert!(
+            matches!(reserves.claim(aci, device, true), Claim::Ready((None, None))),
+            "an emptied pool is asked again"
+        );
     }
 
     #[test]
@@ -311,15 +332,25 @@ mod tests {
         let reserves = Reserves::new(8, 10);
         let (aci, device) = (Aci(uuid::Uuid::new_v4()), DeviceId(2));
         for id in [1, 2] {
-            if let Claim::Fetch(fetch) = reserves.claim(aci, device) {
+            if let Claim::Fetch(fetch) = reserves.claim(aci, device, true) {
                 let ec = (id..id + fetch.ec as u32).map(ec).collect();
                 reserves.settle(aci, device, fetch, Taken { ec, kem: Vec::new() });
             }
         }
         assert_eq!(reserves.held(aci, device).0, 1);
+        // A held key needs no turn; once the reserve is empty, a claim queues for the table.
+        assert!(matches!(
+            reserves.claim(aci, device, false),
+            Claim::Ready((Some(EcOneTimeKey { key_id: 3, .. }), None))
+        ));
+        assert!(matches!(reserves.claim(aci, device, false), Claim::Queue(_)));
+        if let Claim::Fetch(fetch) = reserves.claim(aci, device, true) {
+            reserves.settle(aci, device, fetch, Taken { ec: vec![ec(4), ec(5)], kem: Vec::new() });
+        }
+        assert_eq!(reserves.held(aci, device).0, 1);
         reserves.forget(aci, device);
         assert_eq!(reserves.held(aci, device), (0, 0));
-        let Claim::Fetch(fetch) = reserves.claim(aci, device) else { panic!("the reserve survived a forget") };
+        let Claim::Fetch(fetch) = reserves.claim(aci, device, true) else { panic!("the reserve survived a forget") };
         reserves.forget(aci, device);
         let claimed = reserves.settle(aci, device, fetch, Taken { ec: vec![ec(50), ec(51)], kem: Vec::new() });
         assert_eq!(fetch_ids(&claimed), Some(50));
@@ -330,13 +361,13 @@ mod tests {
     fn an_emptied_kind_is_not_fetched_again_and_drain_ends_reserving() {
         let reserves = Reserves::new(8, 10);
         let (aci, device) = (Aci(uuid::Uuid::new_v4()), DeviceId(1));
-        let Claim::Fetch(fetch) = reserves.claim(aci, device) else { panic!("nothing reserved yet") };
+        let Claim::Fetch(fetch) = reserves.claim(aci, device, true) else { panic!("nothing reserved yet") };
         let claimed = reserves.settle(aci, device, fetch, Taken { ec: Vec::new(), kem: Vec::new() });
         assert!(claimed.0.is_none() && claimed.1.is_none());
-        assert!(matches!(reserves.claim(aci, device), Claim::Ready((None, None))));
+        assert!(matches!(reserves.claim(aci, device, true), Claim::Ready((None, None))));
         let other = DeviceId(3);
         for _ in 0..2 {
-            if let Claim::Fetch(fetch) = reserves.claim(aci, other) {
+            if let Claim::Fetch(fetch) = reserves.claim(aci, other, true) {
                 let n = fetch.ec as u32;
                 reserves.settle(aci, other, fetch, Taken { ec: (10..10 + n).map(ec).collect(), kem: Vec::new() });
             }
@@ -345,6 +376,6 @@ mod tests {
         assert_eq!(returned.len(), 1);
         assert_eq!(returned[0].ec.iter().map(|k| k.key_id).collect::<Vec<_>>(), [11]);
         assert!(reserves.unchanged(&returned[0]));
-        assert!(matches!(reserves.claim(aci, other), Claim::Fetch(Fetch { ec: 1, kem: 1, .. })));
+        assert!(matches!(reserves.claim(aci, other, true), Claim::Fetch(Fetch { ec: 1, kem: 1, .. })));
     }
 }
