@@ -289,6 +289,8 @@ config_struct! {
     max_devices: u32 = "6", "SEALPOST_MAX_DEVICES", false;
     /// Largest accepted request body, in bytes (413 `payload_too_large` above it).
     max_request_bytes: usize = "1048576", "SEALPOST_MAX_REQUEST_BYTES", false;
+    /// Largest request head (request line and headers), in bytes (431 `headers_too_large` above it). The request line alone may not exceed 65,534 bytes (414 `uri_too_long`).
+    max_header_bytes: usize = "131072", "SEALPOST_MAX_HEADER_BYTES", false;
     /// One-time prekeys of one kind accepted in a single `PUT /v1/keys`.
     max_keys_per_upload: usize = "100", "SEALPOST_MAX_KEYS_PER_UPLOAD", false;
     /// Embedded store: one-time prekeys of one kind a device whose bundle is fetched often may have taken from the database ahead of demand (claims then cost no write; a crash loses them, never hands one out twice; a stop puts them back). 0 or 1 takes every claim from the database.
@@ -640,6 +642,9 @@ impl Config {
         }
         if !(self.push_contact.starts_with("mailto:") || self.push_contact.starts_with("https:")) {
             return Err(ConfigError("SEALPOST_PUSH_CONTACT must be a mailto: or https: URL".into()));
+        }
+        if self.max_header_bytes < 1024 {
+            return Err(ConfigError("SEALPOST_MAX_HEADER_BYTES must be at least 1024".into()));
         }
         if self.header_read_timeout_seconds == 0 || self.body_read_timeout_seconds == 0 {
             return Err(ConfigError(

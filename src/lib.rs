@@ -67,6 +67,7 @@ pub async fn serve(
         max_connections: app.config.max_connections,
         max_connections_per_ip: app.config.trusted_proxy_header.is_none().then_some(app.config.max_connections_per_ip),
         ipv6_prefix_length: app.config.ipv6_prefix_length,
+        max_header_bytes: app.config.max_header_bytes,
     };
     let tls = http::tls::Tls::from_config(&app.config).map_err(std::io::Error::other)?;
     let acceptor = tls.as_ref().map(|tls| tls.acceptor.clone());

@@ -37,6 +37,8 @@ pub struct ListenerLimits {
     pub max_connections_per_ip: Option<usize>,
     /// IPv6 addresses count by this many leading bits.
     pub ipv6_prefix_length: u8,
+    /// Largest request head (request line and headers) in bytes: 431 above it.
+    pub max_header_bytes: usize,
 }
 
 /// Serves `router` on `listener` (over TLS when `tls` is given) until `stop` turns true, then stops
@@ -51,7 +53,13 @@ pub async fn serve(
 ) -> io::Result<()> {
     let counts = Arc::new(Counts::default());
     let mut builder = http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).keep_alive(true);
+    // hyper checks its read buffer's size only while a head is incomplete; a head that arrives whole in
+    // one large read is measured only against an explicit `max_header_size`.
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_header_size(limits.max_header_bytes)
+        .keep_alive(true);
     // Every connection task holds a sender; once they are all gone, the last exchange has ended.
     let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
     loop {
