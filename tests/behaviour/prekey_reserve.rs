@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use crate::harness::*;
-use crate::processes::{RemoteUser, backend_env, cleanup, remote_user, remote_user_with, spawn_server};
+use crate::processes::{RemoteUser, backend_env, cleanup, remote_get, remote_user, remote_user_with, spawn_server};
 
 /// One-time keys of each kind the target uploads.
 const KEYS: u32 = 100;
@@ -31,15 +31,7 @@ async fn fetch(base: &str, by: &RemoteUser, target: &RemoteUser) -> (Option<u64>
 }
 
 async fn counts(base: &str, user: &RemoteUser) -> (u64, u64) {
-    let body: serde_json::Value = reqwest::Client::new()
-        .get(format!("{base}/v1/keys/count"))
-        .bearer_auth(&user.token)
-        .send()
-        .await
-        .expect("counts")
-        .json()
-        .await
-        .expect("json");
+    let body = remote_get(base, "/v1/keys/count", user).await;
     (body["count"].as_u64().expect("count"), body["pqCount"].as_u64().expect("pqCount"))
 }
 

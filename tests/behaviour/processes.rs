@@ -423,13 +423,14 @@ async fn remote_send(base: &str, from: &RemoteUser, to: &RemoteUser, content: &[
         .as_u16()
 }
 
-async fn remote_pending(base: &str, user: &RemoteUser) -> serde_json::Value {
+/// `GET {base}{path}` as `user`, its JSON body.
+pub async fn remote_get(base: &str, path: &str, user: &RemoteUser) -> serde_json::Value {
     reqwest::Client::new()
-        .get(format!("{base}/v1/messages"))
+        .get(format!("{base}{path}"))
         .bearer_auth(&user.token)
         .send()
         .await
-        .expect("pending")
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
         .json()
         .await
         .expect("json")
@@ -448,7 +449,7 @@ async fn accepted_envelopes_survive_a_crash(backend: Backend) {
     }
     first.child.kill().await.expect("SIGKILL");
     let second = spawn_server(&envs).await;
-    let pending = remote_pending(&second.base, &bob).await;
+    let pending = remote_get(&second.base, "/v1/messages", &bob).await;
     assert_eq!(pending["messages"].as_array().map(Vec::len), Some(20), "{pending}");
     drop(second);
     cleanup(schema, dir).await;

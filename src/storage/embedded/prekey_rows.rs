@@ -78,27 +78,10 @@ pub(super) fn put_back(conn: &mut rusqlite::Connection, reserves: &Reserves) -> 
         )?;
         for device in returned.iter().filter(|r| reserves.unchanged(r)) {
             let (aci, id) = (aci_text(device.aci), i64::from(device.device.0));
-            for key in &device.ec {
-                let public_key: &[u8] = &key.public_key.0;
-                insert.execute(params![
-                    aci,
-                    id,
-                    i64::from(KIND_EC),
-                    i64::from(key.key_id),
-                    public_key,
-                    None::<Vec<u8>>
-                ])?;
-            }
-            for key in &device.kem {
-                let signature: &[u8] = &key.signature.0;
-                insert.execute(params![
-                    aci,
-                    id,
-                    i64::from(KIND_KEM),
-                    i64::from(key.key_id),
-                    &key.public_key.0,
-                    signature
-                ])?;
+            let ec = device.ec.iter().map(|k| (KIND_EC, k.key_id, &k.public_key.0[..], None));
+            let kem = device.kem.iter().map(|k| (KIND_KEM, k.key_id, &k.public_key.0[..], Some(&k.signature.0[..])));
+            for (kind, key_id, public_key, signature) in ec.chain(kem) {
+                insert.execute(params![aci, id, i64::from(kind), i64::from(key_id), public_key, signature])?;
             }
         }
     }

@@ -115,12 +115,13 @@ impl<K> Kind<K> {
         }
     }
 
-    fn refill(&mut self, asked: usize, mut got: Vec<K>, keep: bool) -> Option<K> {
+    fn refill(&mut self, asked: usize, got: Vec<K>, keep: bool) -> Option<K> {
         if asked == 0 {
             return None;
         }
         self.empty = got.len() < asked;
-        let first = (!got.is_empty()).then(|| got.remove(0));
+        let mut got = got.into_iter();
+        let first = got.next();
         if keep {
             self.keys.extend(got);
         }
