@@ -4,9 +4,9 @@
 //! [`WriteOp`]s; one thread that owns its own SQLite connection commits whatever has accumulated in one
 //! transaction, so under load one commit serves many messages. The thread runs the statements itself: a
 //! message costs one hand-off in and one answer out, not a hand-off per statement to a driver's worker
-//! thread (which is what made a message cost hundreds of microseconds of futex wake-ups). The SQL of those
-//! three writes lives here because it runs inside that shared transaction, beside the queue lengths it
-//! keeps current.
+//! thread (which is what made a message cost hundreds of microseconds of futex wake-ups). The SQL of the
+//! pushes and acknowledgements lives here, beside the queue lengths it keeps current; that of the claims
+//! (and of putting reserved prekeys back at a stop) in `prekey_rows.rs`.
 //!
 //! Invariants: an op is answered only after its transaction committed (a push is acknowledged only once
 //! it is durable), and a failing batch is retried op by op so one bad op cannot fail its neighbours. Every
@@ -56,7 +56,7 @@ pub enum WriteOp {
         guids: Vec<[u8; 16]>,
         reply: Reply<u64>,
     },
-    /// Take up to `ec` and `kem` one-time keys of the device, in key-id order (`prekeys.rs`).
+    /// Take up to `ec` and `kem` one-time keys of the device, in key-id order (`prekey_rows.rs`).
     Claim {
         aci: Aci,
         device: DeviceId,
