@@ -802,7 +802,7 @@ async fn stop_perf(mut child: tokio::process::Child) {
 /// before and after.
 async fn idle_sockets(http: &reqwest::Client, server: &Server, n: usize) -> Result<IdleResult, String> {
     let started = tokio::time::Instant::now();
-    let accounts = client::register_many(http, &server.base, n, SETUP_CONCURRENCY).await?;
+    let accounts = client::register_many_with_keys(http, &server.base, n, SETUP_CONCURRENCY).await?;
     let seconds_to_register = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_before_kb = rss_kb(server.pid).ok_or("cannot read the server's VmRSS")?;

@@ -83,6 +83,27 @@ pub async fn register_many(
     n: usize,
     concurrency: usize,
 ) -> Result<Vec<Account>, String> {
+    register_fleet(http, base, n, concurrency, false).await
+}
+
+/// As [`register_many`], each account then uploading its signed prekey and last-resort Kyber key, as every
+/// client does at registration.
+pub async fn register_many_with_keys(
+    http: &reqwest::Client,
+    base: &str,
+    n: usize,
+    concurrency: usize,
+) -> Result<Vec<Account>, String> {
+    register_fleet(http, base, n, concurrency, true).await
+}
+
+async fn register_fleet(
+    http: &reqwest::Client,
+    base: &str,
+    n: usize,
+    concurrency: usize,
+    with_keys: bool,
+) -> Result<Vec<Account>, String> {
     let next = Arc::new(AtomicUsize::new(0));
     let mut workers = Vec::new();
     for _ in 0..concurrency.min(n).max(1) {
@@ -90,7 +111,11 @@ pub async fn register_many(
         workers.push(tokio::spawn(async move {
             let mut mine = Vec::new();
             while next.fetch_add(1, Ordering::Relaxed) < n {
-                mine.push(register(&http, &base).await?);
+                let account = register(&http, &base).await?;
+                if with_keys {
+                    upload_keys(&http, &base, &account, 0).await?;
+                }
+                mine.push(account);
             }
             Ok::<_, String>(mine)
         }));
