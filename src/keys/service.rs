@@ -135,7 +135,8 @@ pub async fn fetch(
         return Err(caller.not_found());
     }
     let identity = entry.account.as_ref().map(|a| a.identity_key).ok_or_else(|| caller.not_found())?;
-    let devices: Vec<_> = entry.keys.iter().filter(|k| only.is_none_or(|d| d == k.device)).cloned().collect();
+    let keys = app.directory.keys(target).await?;
+    let devices: Vec<_> = keys.iter().filter(|k| only.is_none_or(|d| d == k.device)).cloned().collect();
     if devices.is_empty() {
         return Err(caller.not_found());
     }
