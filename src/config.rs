@@ -267,8 +267,10 @@ config_struct! {
     database_url: Option<String> = "", "SEALPOST_DATABASE_URL", true;
     /// Postgres schema to use (created if missing). Empty means the server's default search path.
     database_schema: Option<String> = "", "SEALPOST_DATABASE_SCHEMA", false;
-    /// Maximum connections in the database pool.
+    /// Maximum connections in the database pool. The embedded store opens at most this many reader connections and no more than two per CPU.
     database_max_connections: u32 = "16", "SEALPOST_DATABASE_MAX_CONNECTIONS", false;
+    /// Embedded store: page cache of each reader connection, in KiB (SQLite's own default is 2,000). A reader drops its cache whenever another connection has written since its last read, so under steady writes a large cache holds memory without saving reads; the operating system's file cache serves them.
+    sqlite_reader_cache_kib: u32 = "256", "SEALPOST_SQLITE_READER_CACHE_KIB", false;
     /// Milliseconds one call to a store (database, Redis) may take; a store that is down or does not answer in time makes the request fail fast with 503 `unavailable` and `Retry-After`.
     store_timeout_ms: u64 = "2000", "SEALPOST_STORE_TIMEOUT_MS", false;
     /// Seconds `serve` keeps retrying to reach the database and Redis at start-up before it gives up (0: give up at once).

@@ -83,6 +83,13 @@ pub async fn migrate_only(_config: &Config, database_url: &str) -> StoreResult<u
     Ok(ran)
 }
 
+/// Reader connections: as many as configured, but no more than two per CPU. Each is a thread of its own,
+/// and a read is CPU work on the file cache, so more only add threads and page caches.
+fn readers(configured: u32) -> u32 {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    configured.clamp(1, u32::try_from(cpus * 2).unwrap_or(u32::MAX))
+}
+
 pub async fn connect(config: &Config, database_url: &str, tasks: &Tasks) -> StoreResult<Storage> {
     migrate_only(config, database_url).await?;
     let path = snapshot::database_path(database_url)
@@ -97,8 +104,10 @@ pub async fn connect(config: &Config, database_url: &str, tasks: &Tasks) -> Stor
         .await?;
     let checkpointer = sqlx::SqliteConnection::connect_with(&options(database_url)?).await?;
     let reader = SqlitePoolOptions::new()
-        .max_connections(config.database_max_connections.max(1))
-        .connect_with(options(database_url)?.read_only(true))
+        .max_connections(readers(config.database_max_connections))
+        .connect_with(
+            options(database_url)?.read_only(true).pragma("cache_size", format!("-{}", config.sqlite_reader_cache_kib)),
+        )
         .await?;
     let bus = Arc::new(LocalBus::new());
     let pool_writes = Arc::new(gate::PoolWrites::default());
