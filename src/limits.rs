@@ -52,6 +52,20 @@ impl Limiter {
         }
     }
 
+    /// Takes one token for `first` and, only when it had one, one for `second` (each a bucket, an identity
+    /// and a limit), in one call to the store: as two [`Limiter::check`]s in a row, one round trip.
+    pub async fn check_two(
+        &self,
+        first: (&'static str, &[u8], &RateLimit),
+        second: (&'static str, &[u8], &RateLimit),
+    ) -> Result<(), ApiError> {
+        let (first, second) = (self.bucket(first.0, first.1, first.2), self.bucket(second.0, second.1, second.2));
+        match self.store.take_two(&first, &second).await? {
+            Ok(()) => Ok(()),
+            Err((bucket, wait)) => Err(Self::refused(bucket, wait)),
+        }
+    }
+
     /// Refuses, as [`Limiter::check`] would, when the bucket is empty, but takes nothing: for buckets that
     /// count only some outcomes (failures), checked before the outcome is known.
     pub async fn check_not_exhausted(

@@ -112,21 +112,20 @@ pub async fn fetch(
     only: Option<DeviceId>,
 ) -> Result<(EcPublicKey, Vec<Bundle>), ApiError> {
     let requester = caller.bucket_identity(ip);
-    let limit = &app.config.limit_prekey_fetch_per_requester;
-    app.limiter.check("prekey_fetch_requester", requester.as_bytes(), limit).await?;
-    let target = match (target, caller) {
-        (Some(target), _) => target,
-        (None, Caller::Device(_)) => return Err(ApiError::InvalidPath),
-        (None, _) => return Err(caller.not_found()),
+    let per_requester = ("prekey_fetch_requester", requester.as_bytes(), &app.config.limit_prekey_fetch_per_requester);
+    let Some(target) = target else {
+        app.limiter.check(per_requester.0, per_requester.1, per_requester.2).await?;
+        return Err(if let Caller::Device(_) = caller { ApiError::InvalidPath } else { caller.not_found() });
     };
     // Per requester and target, never per target alone: a target-wide bucket would let anyone deny everyone
     // a session with the target. Draining the one-time keys stays possible (at the requester's cost); then
-    // callers get the last-resort key, as with Signal.
-    let entry = app.directory.get(target).await?;
-    caller.may_reach(entry.account.as_ref())?;
+    // callers get the last-resort key, as with Signal. Both buckets are taken in one call to the store,
+    // before the target is looked up.
     let pair = format!("{requester}>{target}");
     let limit = &app.config.limit_prekey_fetch_per_requester_target;
-    app.limiter.check("prekey_fetch_requester_target", pair.as_bytes(), limit).await?;
+    app.limiter.check_two(per_requester, ("prekey_fetch_requester_target", pair.as_bytes(), limit)).await?;
+    let entry = app.directory.get(target).await?;
+    caller.may_reach(entry.account.as_ref())?;
     // A contact token counts a use at its requester's first bundle fetch, and is refused to new
     // requesters once it has none left.
     if let Caller::ContactToken(Some(grant)) = caller

@@ -185,6 +185,7 @@ guard_trait!(Bus {
 guard_trait!(RateLimitStore {
     fn take(&self, bucket: &str, key: &[u8; 16], limit: &RateLimit, cost: u32) -> Result<(), Duration>;
     fn peek(&self, bucket: &str, key: &[u8; 16], limit: &RateLimit) -> Result<(), Duration>;
+    fn take_two(&self, first: &RateBucket, second: &RateBucket) -> Result<(), (&'static str, Duration)>;
 });
 
 guard_trait!(Probe {

@@ -160,6 +160,13 @@ pub trait RateLimitStore: Send + Sync {
     ) -> StoreResult<Result<(), Duration>>;
     /// As [`RateLimitStore::take`], but takes nothing: whether a token is there now.
     async fn peek(&self, bucket: &str, key: &[u8; 16], limit: &RateLimit) -> StoreResult<Result<(), Duration>>;
+    /// Takes a token from `first` and, only when it had one, from `second`, in one call to the store;
+    /// `Err` names the bucket that refused and the wait.
+    async fn take_two(
+        &self,
+        first: &RateBucket,
+        second: &RateBucket,
+    ) -> StoreResult<Result<(), (&'static str, Duration)>>;
 }
 
 /// A readiness check of one service.

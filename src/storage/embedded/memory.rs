@@ -17,7 +17,9 @@ use tokio::sync::mpsc;
 
 use crate::config::RateLimit;
 use crate::domain::{Aci, DeviceId};
-use crate::storage::{Bus, BusEvent, BusMessage, Lease, Presence, QueuedEnvelope, RateLimitStore, StoreResult};
+use crate::storage::{
+    Bus, BusEvent, BusMessage, Lease, Presence, QueuedEnvelope, RateBucket, RateLimitStore, StoreResult,
+};
 
 /// In-process token buckets for the embedded deployment.
 ///
@@ -73,6 +75,19 @@ impl RateLimitStore for MemoryLimits {
             .get(&(bucket.to_owned(), *key))
             .map_or(capacity, |(tokens, at)| (tokens + now.duration_since(*at).as_secs_f64() * rate).min(capacity));
         Ok(if tokens >= 1.0 { Ok(()) } else { Err(Duration::from_secs_f64((1.0 - tokens) / rate)) })
+    }
+
+    async fn take_two(
+        &self,
+        first: &RateBucket,
+        second: &RateBucket,
+    ) -> StoreResult<Result<(), (&'static str, Duration)>> {
+        for bucket in [first, second] {
+            if let Err(wait) = self.take(bucket.name, &bucket.key, &bucket.limit, 1).await? {
+                return Ok(Err((bucket.name, wait)));
+            }
+        }
+        Ok(Ok(()))
     }
 }
 

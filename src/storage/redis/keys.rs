@@ -83,6 +83,13 @@ impl Keys {
         format!("{}rl:{bucket}:{{{}}}:{}", self.prefix, slot_tag(aci), hex(key))
     }
 
+    /// A rate-limit bucket in the cluster slot of the key `beside`, so one script can take from both,
+    /// without the name saying which key that is (only its slot).
+    pub fn rate_bucket_in_slot_of(&self, bucket: &str, key: &[u8; 16], beside: &str) -> String {
+        let tag = tag_of_slot(fred::util::redis_keyslot(beside.as_bytes()));
+        format!("{}rl:{bucket}:{{{tag}}}:{}", self.prefix, hex(key))
+    }
+
     /// Where a device is marked connected, holding the id of the connection that marked it.
     pub fn presence(&self, aci: Aci, device: DeviceId) -> String {
         format!("{}presence:{aci}.{device}", self.prefix)
@@ -160,8 +167,14 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// A short word whose cluster slot is the one of `{aci}`, so a key can share the slot of an account's keys
-/// without naming the account. The words are the decimal numbers, first found for each of the 16384 slots.
+/// without naming the account.
 fn slot_tag(aci: Aci) -> &'static str {
+    tag_of_slot(fred::util::redis_keyslot(aci.to_string().as_bytes()))
+}
+
+/// A short word whose cluster slot is `slot`: the decimal numbers, the first found for each of the 16384
+/// slots.
+fn tag_of_slot(slot: u16) -> &'static str {
     static TAGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     let tags = TAGS.get_or_init(|| {
         let mut tags = vec![String::new(); 16384];
@@ -178,7 +191,7 @@ fn slot_tag(aci: Aci) -> &'static str {
         }
         tags
     });
-    &tags[usize::from(fred::util::redis_keyslot(aci.to_string().as_bytes()))]
+    &tags[usize::from(slot)]
 }
 
 #[cfg(test)]
@@ -199,6 +212,10 @@ mod tests {
             assert_eq!(redis_keyslot(key.as_bytes()), slot, "{key}");
         }
         assert!(!bucket.contains(&aci.to_string()), "a bucket never names an account");
+        let first = keys.rate_bucket("prekey_fetch_requester", &[8; 16]);
+        let second = keys.rate_bucket_in_slot_of("prekey_fetch_requester_target", &[9; 16], &first);
+        assert_eq!(redis_keyslot(first.as_bytes()), redis_keyslot(second.as_bytes()), "{second}");
+        assert!(!second.contains(&hex(&[8; 16])), "the second bucket names only the first one's slot");
         let [ec, kem] = keys.pre_key_pools(aci, DeviceId(2));
         assert_eq!(redis_keyslot(ec.as_bytes()), redis_keyslot(kem.as_bytes()));
         let [lease, fence] = keys.lease("reaper");

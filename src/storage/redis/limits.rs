@@ -13,7 +13,7 @@ use fred::types::scripts::Script;
 
 use crate::config::RateLimit;
 use crate::storage::redis::keys::Keys;
-use crate::storage::{RateLimitStore, StoreResult};
+use crate::storage::{RateBucket, RateLimitStore, StoreError, StoreResult};
 
 /// Redis: token buckets.
 pub struct RedisLimits {
@@ -21,6 +21,7 @@ pub struct RedisLimits {
     keys: Keys,
     take_token: Script,
     peek_token: Script,
+    take_two_tokens: Script,
 }
 
 impl RedisLimits {
@@ -29,7 +30,11 @@ impl RedisLimits {
             Script::from_lua(concat!(include_str!("scripts/token_bucket.lua"), include_str!("scripts/take_token.lua")));
         let peek_token =
             Script::from_lua(concat!(include_str!("scripts/token_bucket.lua"), include_str!("scripts/peek_token.lua")));
-        RedisLimits { pool, keys, take_token, peek_token }
+        let take_two_tokens = Script::from_lua(concat!(
+            include_str!("scripts/token_bucket.lua"),
+            include_str!("scripts/take_two_tokens.lua")
+        ));
+        RedisLimits { pool, keys, take_token, peek_token, take_two_tokens }
     }
 }
 
@@ -62,5 +67,25 @@ impl RateLimitStore for RedisLimits {
         let wait: i64 =
             self.peek_token.evalsha_with_reload(self.pool.next_connected(), vec![name], vec![cap, per_ms]).await?;
         Ok(if wait <= 0 { Ok(()) } else { Err(Duration::from_millis(wait as u64)) })
+    }
+
+    async fn take_two(
+        &self,
+        first: &RateBucket,
+        second: &RateBucket,
+    ) -> StoreResult<Result<(), (&'static str, Duration)>> {
+        let first_name = self.keys.rate_bucket(first.name, &first.key);
+        let second_name = self.keys.rate_bucket_in_slot_of(second.name, &second.key, &first_name);
+        let args: Vec<String> = bucket_args(&first.limit).into_iter().chain(bucket_args(&second.limit)).collect();
+        let reply: Vec<i64> = self
+            .take_two_tokens
+            .evalsha_with_reload(self.pool.next_connected(), vec![first_name, second_name], args)
+            .await?;
+        match reply.as_slice() {
+            [0, _] => Ok(Ok(())),
+            [1, wait] => Ok(Err((first.name, Duration::from_millis((*wait).max(0) as u64)))),
+            [2, wait] => Ok(Err((second.name, Duration::from_millis((*wait).max(0) as u64)))),
+            _ => Err(StoreError::Corrupt("take_two_tokens reply")),
+        }
     }
 }
