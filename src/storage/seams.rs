@@ -161,7 +161,9 @@ pub trait RateLimitStore: Send + Sync {
     /// As [`RateLimitStore::take`], but takes nothing: whether a token is there now.
     async fn peek(&self, bucket: &str, key: &[u8; 16], limit: &RateLimit) -> StoreResult<Result<(), Duration>>;
     /// Takes a token from `first` and, only when it had one, from `second`, in one call to the store;
-    /// `Err` names the bucket that refused and the wait.
+    /// `Err` names the bucket that refused and the wait. A `second` bucket belongs with one `first` (the
+    /// pair bucket with its requester's): a store may keep it beside that one, so taken with another
+    /// `first` it may be another bucket.
     async fn take_two(
         &self,
         first: &RateBucket,

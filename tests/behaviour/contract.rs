@@ -14,8 +14,8 @@ use sealpost::config::Config;
 use sealpost::domain::{Aci, DeviceId, DeviceSlots, EcPublicKey, Incarnation, KemPublicKey, RegistrationId, Signature};
 use sealpost::shutdown::Tasks;
 use sealpost::storage::{
-    AttachmentPart, EcOneTimeKey, NewAccount, NewAttachment, NewDevice, NewEnvelope, PushOutcome, Recipient,
-    SignedKemKey, Storage, StoreError,
+    AttachmentPart, EcOneTimeKey, NewAccount, NewAttachment, NewDevice, NewEnvelope, PushOutcome, RateBucket,
+    Recipient, SignedKemKey, Storage, StoreError,
 };
 
 use crate::both_backends;
@@ -32,6 +32,7 @@ both_backends!(
     unique_keys_conflict,
     attachment_parts_race_for_an_offset_and_one_wins,
     a_cost_above_a_buckets_capacity_is_never_paid,
+    a_second_bucket_pays_only_when_the_first_did,
 );
 
 /// The stores of one backend as a test holds them, with what is needed to stop and remove them.
@@ -436,5 +437,35 @@ async fn a_cost_above_a_buckets_capacity_is_never_paid(backend: Backend) {
     assert!((300..=370).contains(&wait.as_secs()), "{wait:?}");
     assert!(limits.take("test_cost", &key, &limit, 3).await.expect("take").is_ok());
     assert!(limits.take("test_cost", &key, &limit, 1).await.expect("take").is_err());
+    stores.close().await;
+}
+
+/// Two buckets taken in one call (a bundle fetch's per-requester and per-requester-and-target limits):
+/// the second pays only when the first had a token, and the refusal names the bucket that refused. On a
+/// Redis Cluster both live in one slot, or the script would be refused.
+async fn a_second_bucket_pays_only_when_the_first_did(backend: Backend) {
+    let stores = Stores::open(backend).await;
+    let bucket = |name: &'static str, per: &str| RateBucket {
+        name,
+        key: sealpost::crypto::random_bytes::<16>(),
+        limit: limit(per),
+    };
+    let limits = &stores.storage.limits;
+    let refill = Duration::from_millis(1100);
+    // The first bucket gets a token back every second, the second ones one an hour.
+    let (first, second) = (bucket("test_first", "1/1s"), bucket("test_second", "1/1h"));
+    assert!(limits.take_two(&first, &second).await.expect("take").is_ok());
+    let (name, wait) = limits.take_two(&first, &second).await.expect("take").expect_err("the first is empty");
+    assert_eq!(name, "test_first");
+    assert!(wait <= Duration::from_secs(1), "{wait:?}");
+    tokio::time::sleep(refill).await;
+    let (name, wait) = limits.take_two(&first, &second).await.expect("take").expect_err("the second is empty");
+    assert_eq!(name, "test_second");
+    assert!((3000..=3600).contains(&wait.as_secs()), "{wait:?}");
+    // The first bucket has just paid, so it refuses now, and that takes nothing from a fresh second one.
+    let fresh = bucket("test_second", "1/1h");
+    assert_eq!(limits.take_two(&first, &fresh).await.expect("take").expect_err("the first is empty").0, "test_first");
+    tokio::time::sleep(refill).await;
+    assert!(limits.take_two(&first, &fresh).await.expect("take").is_ok(), "the second kept its token");
     stores.close().await;
 }
